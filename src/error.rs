@@ -1,0 +1,28 @@
+//! The error type of what this crate adds to rumqttc.
+//!
+//! rumqttc's own errors (`ClientError`, `ConnectionError`) pass through the traced clients
+//! unchanged; [`Error`] covers only what this crate does on top: topic validation and the
+//! propagation codecs.
+
+use crate::propagation::TraceparentError;
+use crate::propagation::envelope::EnvelopeError;
+use crate::propagation::json_fields::JsonFieldsError;
+use crate::topic::TopicError;
+
+/// Everything that can go wrong in what this crate adds to rumqttc.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A topic name or filter breaks a rule of MQTT section 4.7.
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    /// An MQTT 3.1.1 envelope could not be written or read.
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    /// A JSON payload could not carry or give up propagation fields.
+    #[error(transparent)]
+    JsonFields(#[from] JsonFieldsError),
+    /// A `traceparent` was rejected.
+    #[error(transparent)]
+    Traceparent(#[from] TraceparentError),
+}

@@ -1,0 +1,6 @@
+//! Shared integration-test support. Each test file does `mod common;`.
+#![allow(dead_code, unused_imports)]
+
+pub mod broker;
+
+pub use broker::{Broker, BrokerBuilder, MosquittoSub, SubOutput, unique_client_id};
