@@ -25,4 +25,12 @@ pub enum Error {
     /// A `traceparent` was rejected.
     #[error(transparent)]
     Traceparent(#[from] TraceparentError),
+    /// A publish ended without success; the value is the `error.type` recorded on its span
+    /// (`not_authorized`, `session_lost`, `ack_timeout`, ...).
+    #[error("publish failed: {0}")]
+    PublishFailed(&'static str),
+    /// rumqttc did not accept a request: its event loop is gone, its queue is full, or the topic
+    /// is invalid. The value is rumqttc's message.
+    #[error("request not accepted by rumqttc: {0}")]
+    RequestRejected(String),
 }

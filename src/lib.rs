@@ -1,36 +1,88 @@
 //! OpenTelemetry tracing, context propagation and metrics for MQTT applications built on
 //! [`rumqttc`], for MQTT 3.1.1 and MQTT 5.
 //!
-//! # Status
+//! # The one-line swap
 //!
-//! This release is the foundation the traced clients are built on:
+//! Replace `rumqttc::AsyncClient` (MQTT 3.1.1) by [`v4::TracedClient`], or
+//! `rumqttc::v5::AsyncClient` by [`v5::TracedClient`]. Constructors, methods, errors and the
+//! events of `poll()` are rumqttc's own:
 //!
-//! - [`semconv`]: the OpenTelemetry messaging attribute names for MQTT (current names only, with
-//!   the deprecated ones mapped in its docs), [`semconv::MqttQoS`], [`semconv::ProtocolVersion`],
-//!   and builders that turn the facts of a publish, receive or process into attributes.
-//! - [`topic`]: MQTT topic name and filter validation, a matcher that follows the specification
-//!   (including the `$` rule that `rumqttc::matches` gets wrong), and a filter trie that finds
-//!   every filter matching a topic.
-//! - [`propagation`]: W3C Trace Context and Baggage over MQTT 5 user properties with strict
-//!   validation, the MQTT 3.1.1 [`propagation::envelope`], and
-//!   [`propagation::json_fields`] for JSON-object payloads.
+//! ```no_run
+//! use rumqttc::v5::MqttOptions;
+//! use rumqttc::v5::mqttbytes::QoS;
+//! use rumqttc_opentelemetry::v5::TracedClient as AsyncClient;
 //!
-//! The drop-in `TracedClient`/`TracedEventLoop` pairs, the publisher and subscriber roles and the
-//! metrics come next; the README lists what works today.
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let (client, mut eventloop) = AsyncClient::new(MqttOptions::new("gw-1", "localhost", 1883), 10);
+//! client.subscribe("home/+/temperature", QoS::AtLeastOnce).await?;
+//! loop {
+//!     let event = eventloop.poll().await?;
+//!     println!("{event:?}");
+//! }
+//! # }
+//! ```
+//!
+//! Spans and metrics go to the global providers unless an [`Instrumentation`] names others
+//! (`TracedClient::with_instrumentation`).
+//!
+//! # Spans
+//!
+//! | what | kind | name | `messaging.operation.type` / `.name` |
+//! |---|---|---|---|
+//! | a publish | PRODUCER | `publish {destination}` | `send` / `publish` |
+//! | a PUBLISH handed out by `TracedEventLoop::poll()` | CLIENT | `receive {destination}` | `receive` / `receive` |
+//! | a handler run by a subscriber | CONSUMER | `process {filter}` | `process` / `process` |
+//!
+//! `{destination}` is the subscription filter that matched, or a publisher template configured
+//! with [`InstrumentationBuilder::publish_template`], else the topic.
+//!
+//! A publish span lasts until the broker has the message: QoS 0 ends when the event loop
+//! writes the PUBLISH, QoS 1 at PUBACK, QoS 2 at PUBCOMP. MQTT 5 reason codes of 0x80 and more end
+//! it as an error whose `error.type` is the reason's name (`not_authorized`, `quota_exceeded`, ...);
+//! 0x10 "no matching subscribers" is a success. A publish rumqttc drops on a reconnect without
+//! session ends with `error.type = session_lost`, one never acknowledged within the bound with
+//! `ack_timeout`, one still open when the event loop is dropped with `event_loop_dropped`: no span
+//! is left open and the correlation table cannot grow without bound.
+//!
+//! Publish spans are matched to rumqttc's events by the order of its request channel and by
+//! packet id, exactly, also with several tasks publishing through clones of one client, packet
+//! ids reused or colliding, and replays after a reconnect. Publish through the traced client:
+//! a publish sent through `inner()` takes a place in the queue the correlation does not know.
+//!
+//! # Consumer parent
+//!
+//! [`ParentMode::CreationContext`] (the default) makes the producer's span the parent of the
+//! receive and process spans, so one waterfall shows the whole path; a span current where the
+//! message is received becomes a link. [`ParentMode::Link`] is semconv's strict form: the consumer
+//! span is a child of the current context and links to the producer.
 //!
 //! # Errors
 //!
 //! Everything this crate adds reports through [`Error`]; rumqttc's own errors pass through
 //! unchanged. Nothing here panics on input from the network: malformed trace context starts a new
-//! trace, a malformed envelope is delivered as the plain payload it then is, and each case comes
-//! back as a typed error the caller can record.
+//! trace (the reason is recorded as a span event), a malformed envelope is delivered as the plain
+//! payload it then is, and each case comes back as a typed error the caller can record.
+//!
+//! # Modules
+//!
+//! - [`v4`], [`v5`]: the traced clients; [`instrumentation`]: their settings.
+//! - [`semconv`]: attribute names and builders; [`topic`]: validation, matching and a filter
+//!   trie; [`propagation`]: W3C Trace Context and Baggage over user properties, the MQTT 3.1.1
+//!   envelope, and JSON fields.
 
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod core;
 pub mod error;
+pub mod instrumentation;
+pub mod metrics;
 pub mod propagation;
 pub mod semconv;
 pub mod topic;
+pub mod v4;
+pub mod v5;
 
+pub use crate::core::Delivery;
 pub use error::Error;
+pub use instrumentation::{Instrumentation, InstrumentationBuilder, ParentMode, V3Propagation};

@@ -2,5 +2,6 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod broker;
+pub mod telemetry;
 
 pub use broker::{Broker, BrokerBuilder, MosquittoSub, SubOutput, unique_client_id};

@@ -1,0 +1,942 @@
+//! The part of the traced clients that does not depend on the MQTT version: publish spans and
+//! their correlation with rumqttc events, context injection and extraction, and receive spans.
+//! `v4` and `v5` translate rumqttc's types into calls on [`Core`].
+
+pub(crate) mod connection;
+pub(crate) mod correlation;
+
+use std::fmt::Display;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use opentelemetry::global::BoxedSpan;
+use opentelemetry::propagation::{Extractor, Injector};
+
+use opentelemetry::trace::{Link, Span, SpanContext, Status, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue};
+
+use rumqttc::Outgoing;
+
+use crate::instrumentation::{Instrumentation, ParentMode, Propagator, Settings};
+use crate::metrics::ConnectionGauges;
+use crate::propagation::TraceparentError;
+use crate::semconv::{
+    ConnectionAttributes, ERROR_TYPE, MESSAGING_CLIENT_ID, MESSAGING_MQTT_DUPLICATE,
+    MESSAGING_MQTT_PACKET_ID, MessageFacts, MqttQoS, Operation, SERVER_ADDRESS, SERVER_PORT,
+};
+use crate::topic::{TopicFilterSet, matching_filter, parse_shared};
+use correlation::{Correlation, Failure, StaleEvent, Step};
+
+/// A publish span that has not ended yet, with what its metrics need.
+#[derive(Debug)]
+pub(crate) struct OpenPublish {
+    span: BoxedSpan,
+    pkid: Option<u16>,
+    started: Instant,
+    body_size: usize,
+    /// Whether the PUBLISH was written (counted in `messaging.client.sent.messages`).
+    written: bool,
+    metric_attributes: Vec<KeyValue>,
+    /// Told how the publish ended, for callers that wait for the acknowledgement.
+    outcome: Option<oneshot::Sender<Result<(), &'static str>>>,
+}
+
+impl OpenPublish {
+    /// Asks to be told how this publish ends: `Ok` when acknowledged (QoS 1 and 2) or written
+    /// (QoS 0), `Err(error.type)` otherwise.
+    pub(crate) fn watch(&mut self) -> Outcome {
+        let (sender, receiver) = oneshot::channel();
+        self.outcome = Some(sender);
+        receiver
+    }
+}
+
+/// How a watched publish ends: `Err` carries its `error.type`.
+pub(crate) type Outcome = oneshot::Receiver<Result<(), &'static str>>;
+
+/// Waits for the outcome of a publish that was handed over (or says why it was not).
+pub(crate) async fn confirmed<E: Display>(
+    handed_over: Result<Option<Outcome>, E>,
+) -> Result<(), crate::Error> {
+    match handed_over {
+        Err(error) => Err(crate::Error::RequestRejected(error.to_string())),
+        // An invalid topic that rumqttc accepted without a span: nothing to wait for.
+        Ok(None) => Ok(()),
+        Ok(Some(outcome)) => match outcome.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error_type)) => Err(crate::Error::PublishFailed(error_type)),
+            Err(_) => Err(crate::Error::PublishFailed(
+                correlation::Failure::EventLoopDropped.error_type(),
+            )),
+        },
+    }
+}
+
+/// A rumqttc event that concerns the publish spans, in version-independent form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Signal {
+    /// `Outgoing::Publish(pkid)`.
+    Written(u16),
+    /// `Outgoing::AwaitAck(pkid)`.
+    Parked(u16),
+    /// An incoming PUBACK; the failure when its reason code is an error.
+    PubAck(u16, Option<Failure>),
+    /// An incoming PUBREC.
+    PubRec(u16, Option<Failure>),
+    /// An incoming PUBCOMP.
+    PubComp(u16, Option<Failure>),
+    /// A CONNACK; `unsent` publishes were in rumqttc's `pending` queue before the connection
+    /// attempt (rumqttc drops them when the session is not present).
+    ConnAck {
+        session_present: bool,
+        unsent: usize,
+    },
+}
+
+impl Signal {
+    /// The signal of an outgoing event, if it concerns a publish.
+    pub(crate) fn from_outgoing(outgoing: &Outgoing) -> Option<Self> {
+        match outgoing {
+            Outgoing::Publish(pkid) => Some(Self::Written(*pkid)),
+            Outgoing::AwaitAck(pkid) => Some(Self::Parked(*pkid)),
+            _ => None,
+        }
+    }
+}
+
+/// What the application gets with a received message: the context it was created in and the
+/// receive span.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    creation: Option<Context>,
+    receive: SpanContext,
+    destination: Option<Arc<str>>,
+}
+
+impl Delivery {
+    /// The producer's context carried by the message (with its baggage), when the message
+    /// carried a valid one.
+    pub fn creation_context(&self) -> Option<&Context> {
+        self.creation.as_ref()
+    }
+
+    /// The span context of the `receive` span recorded for this message.
+    pub fn receive_span_context(&self) -> &SpanContext {
+        &self.receive
+    }
+
+    /// The subscription filter that matched the topic (as it was subscribed, so a shared
+    /// subscription keeps its `$share/{group}/` prefix), when the client subscribed through this
+    /// crate.
+    pub fn subscription(&self) -> Option<&str> {
+        self.destination.as_deref()
+    }
+}
+
+/// A running `process` span: the context to run the handler in (the span is its active span),
+/// and what the process-duration metric needs.
+// Used by the publisher and subscriber roles, which land next.
+#[allow(dead_code)]
+#[derive(Debug)]
+pub(crate) struct Processing {
+    pub(crate) context: Context,
+    started: Instant,
+    metric_attributes: Vec<KeyValue>,
+}
+
+/// The state a traced client and its event loop share.
+pub(crate) struct Core {
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) connection: ConnectionAttributes,
+    /// Server address and port (and the client id when opted in) for connection metrics.
+    pub(crate) connection_metric_attributes: Vec<KeyValue>,
+    /// What the connected / in-flight / pending gauges read.
+    pub(crate) gauges: Arc<ConnectionGauges>,
+    correlation: Mutex<Correlation<OpenPublish>>,
+    /// Held while a publish is enqueued and sent, so the table's order is the channel's.
+    send_lock: tokio::sync::Mutex<()>,
+    /// The filters subscribed through the traced client, for receive span names.
+    subscriptions: RwLock<TopicFilterSet<Arc<str>>>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("connection", &self.connection)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The most specific of several matching filters: fewest wildcards, then longest, then
+/// alphabetical, so the choice never depends on the order filters were added in.
+pub(crate) fn most_specific<'a, S: AsRef<str> + ?Sized + 'a>(
+    filters: impl Iterator<Item = &'a S>,
+) -> Option<&'a S> {
+    filters.min_by(|a, b| {
+        let (a, b) = (matching_filter(a.as_ref()), matching_filter(b.as_ref()));
+        let wildcards = |f: &str| f.bytes().filter(|&c| c == b'+' || c == b'#').count();
+        wildcards(a)
+            .cmp(&wildcards(b))
+            .then(b.len().cmp(&a.len()))
+            .then(a.cmp(b))
+    })
+}
+
+/// The payload size of a message as the application sees it.
+fn publish_body_size(facts: &MessageFacts<'_>) -> usize {
+    facts.body_size.unwrap_or_default()
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while the lock was held leaves the table as it was between two complete steps.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Core {
+    pub(crate) fn new(instrumentation: &Instrumentation, connection: ConnectionAttributes) -> Self {
+        let settings = Arc::clone(&instrumentation.inner);
+        let mut connection_metric_attributes = vec![
+            KeyValue::new(SERVER_ADDRESS, connection.server().host().to_owned()),
+            KeyValue::new(SERVER_PORT, i64::from(connection.server().port())),
+        ];
+        if settings.metric_client_id {
+            connection_metric_attributes.push(KeyValue::new(
+                MESSAGING_CLIENT_ID,
+                connection.client_id().to_owned(),
+            ));
+        }
+        let gauges = settings
+            .metrics
+            .connection
+            .register(connection_metric_attributes.clone());
+        Self {
+            settings,
+            connection_metric_attributes,
+            gauges,
+            connection,
+            correlation: Mutex::new(Correlation::default()),
+            send_lock: tokio::sync::Mutex::new(()),
+            subscriptions: RwLock::new(TopicFilterSet::new()),
+        }
+    }
+
+    fn attributes(&self, operation: Operation, facts: &MessageFacts<'_>) -> Vec<KeyValue> {
+        let mut attributes = self.connection.span_attributes(operation, facts);
+        for hook in &self.settings.hooks {
+            hook(operation, facts, &mut attributes);
+        }
+        attributes
+    }
+
+    fn facts<'a>(&self, facts: MessageFacts<'a>, envelope_size: Option<usize>) -> MessageFacts<'a> {
+        if self.settings.record_sizes {
+            let body = facts.body_size;
+            facts.with_sizes(body, envelope_size.or(body))
+        } else {
+            facts.with_sizes(None, None)
+        }
+    }
+
+    /// Starts the PRODUCER span of a publish as a child of the current context. Returns the
+    /// open span, and the context to inject (the parent's baggage with the new span).
+    pub(crate) fn start_publish(
+        &self,
+        topic: &str,
+        qos: MqttQoS,
+        retain: bool,
+        body_size: usize,
+    ) -> (OpenPublish, Context) {
+        let parent = Context::current();
+        let template = self.settings.publish_template(topic);
+        let facts = MessageFacts::new(topic, qos)
+            .with_template(template.map(|t| &**t))
+            .with_retained(retain)
+            .with_sizes(Some(body_size), None);
+        let facts = self.facts(facts, None);
+        let tracer = &self.settings.tracer;
+        let span = tracer
+            .span_builder(Operation::Publish.span_name(facts.destination()))
+            .with_kind(Operation::Publish.span_kind())
+            .with_attributes(self.attributes(Operation::Publish, &facts))
+            .start_with_context(tracer, &parent);
+        let inject_cx = parent.with_remote_span_context(span.span_context().clone());
+        let metric_attributes = self.connection.metric_attributes(
+            Operation::Publish,
+            &facts,
+            self.settings.metric_topics,
+        );
+        let open = OpenPublish {
+            span,
+            pkid: None,
+            started: Instant::now(),
+            body_size,
+            written: false,
+            metric_attributes,
+            outcome: None,
+        };
+        (open, inject_cx)
+    }
+
+    /// Writes the propagation fields of `cx` through `injector`.
+    pub(crate) fn inject(&self, cx: &Context, injector: &mut dyn Injector) {
+        match &self.settings.propagator {
+            Propagator::W3C(propagator) => {
+                propagator.inject_parts(cx.span().span_context(), cx, injector)
+            }
+            Propagator::Custom(propagator) => propagator.inject_context(cx, injector),
+        }
+    }
+
+    /// Records on an open publish span that its context could not be carried.
+    pub(crate) fn note_propagation_problem(&self, open: &mut OpenPublish, problem: &dyn Display) {
+        open.span.add_event(
+            "mqtt.propagation.skipped",
+            vec![KeyValue::new("reason", problem.to_string())],
+        );
+    }
+
+    /// Hands a publish to rumqttc: `send` sends the request; the open span is queued in the
+    /// correlation table under the same lock, so the table's order is the channel's.
+    pub(crate) async fn send_publish<E, F>(&self, open: OpenPublish, send: F) -> Result<(), E>
+    where
+        F: Future<Output = Result<(), E>>,
+    {
+        let _order = self.send_lock.lock().await;
+        lock(&self.correlation).enqueue(open);
+        match send.await {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                self.take_back(Failure::RequestFailed);
+                Err(error)
+            }
+        }
+    }
+
+    /// Like [`Core::send_publish`] without waiting: when another task is sending, `send` is not
+    /// called and `busy` turns the request into the error to return.
+    pub(crate) fn try_send_publish<R, E>(
+        &self,
+        open: OpenPublish,
+        request: R,
+        send: impl FnOnce(R) -> Result<(), E>,
+        busy: impl FnOnce(R) -> E,
+    ) -> Result<(), E> {
+        let Ok(_order) = self.send_lock.try_lock() else {
+            self.finish(open, Err(Failure::RequestFailed));
+            return Err(busy(request));
+        };
+        lock(&self.correlation).enqueue(open);
+        send(request).inspect_err(|_| self.take_back(Failure::RequestFailed))
+    }
+
+    fn take_back(&self, failure: Failure) {
+        let taken = lock(&self.correlation).unenqueue();
+        if let Some(open) = taken {
+            self.finish(open, Err(failure));
+        }
+    }
+
+    /// Counts a publish as sent, once, when its PUBLISH is first written.
+    fn written(&self, open: &mut OpenPublish) {
+        if !open.written {
+            open.written = true;
+            self.settings
+                .metrics
+                .publisher
+                .record_sent(open.body_size, &open.metric_attributes);
+        }
+    }
+
+    /// Ends a publish span and records its duration.
+    fn finish(&self, mut open: OpenPublish, result: Result<(), Failure>) {
+        let error_type = result.err().map(Failure::error_type);
+        match error_type {
+            // A QoS 0 publish ends when it is written.
+            None => self.written(&mut open),
+            Some(error_type) => {
+                open.span
+                    .set_attribute(KeyValue::new(ERROR_TYPE, error_type));
+                open.span.set_status(Status::error(error_type));
+            }
+        }
+        self.settings.metrics.publisher.record_publish(
+            open.started.elapsed(),
+            &open.metric_attributes,
+            error_type,
+        );
+        open.span.end();
+        if let Some(outcome) = open.outcome.take() {
+            // The waiter may have given up; nothing to tell then.
+            let _ = outcome.send(error_type.map_or(Ok(()), Err));
+        }
+    }
+
+    /// Applies one rumqttc event to the publish spans.
+    pub(crate) fn on_signal(&self, signal: Signal) {
+        let mut finished: Vec<(OpenPublish, Result<(), Failure>)> = Vec::new();
+        {
+            let mut table = lock(&self.correlation);
+            let step = match signal {
+                Signal::Written(pkid) => {
+                    let step = table.on_publish(pkid);
+                    if matches!(step, Step::Pending)
+                        && pkid != 0
+                        && let Some(open) = table.awaiting_ack_mut(pkid)
+                        && open.pkid.is_none()
+                    {
+                        open.pkid = Some(pkid);
+                        open.span.set_attribute(KeyValue::new(
+                            MESSAGING_MQTT_PACKET_ID,
+                            i64::from(pkid),
+                        ));
+                        self.written(open);
+                    }
+                    step
+                }
+                Signal::Parked(pkid) => table.on_await_ack(pkid),
+                Signal::PubAck(pkid, failure) => table.on_puback(pkid, failure),
+                Signal::PubRec(pkid, failure) => table.on_pubrec(pkid, failure),
+                Signal::PubComp(pkid, failure) => table.on_pubcomp(pkid, failure),
+                Signal::ConnAck {
+                    session_present,
+                    unsent,
+                } => {
+                    if !session_present {
+                        finished.extend(
+                            table
+                                .on_session_lost(unsent)
+                                .into_iter()
+                                .map(|open| (open, Err(Failure::SessionLost))),
+                        );
+                    }
+                    Step::Pending
+                }
+            };
+            match step {
+                Step::Pending => {}
+                Step::Done(open, result) => finished.push((open, result)),
+                Step::Replayed(pkid) => {
+                    if let Some(open) = table.awaiting_ack_mut(pkid) {
+                        open.span
+                            .add_event("mqtt.publish.retransmitted", Vec::new());
+                        open.span
+                            .set_attribute(KeyValue::new(MESSAGING_MQTT_DUPLICATE, true));
+                    }
+                }
+            }
+        }
+        for (open, result) in finished {
+            self.finish(open, result);
+        }
+    }
+
+    /// Called after every poll of the event loop, whatever it returned: updates the in-flight
+    /// and pending gauges, and ends the publish spans whose acknowledgement is overdue (at most
+    /// one look per second).
+    pub(crate) fn after_poll(&self, inflight: u64, pending: u64) {
+        self.gauges
+            .inflight
+            .store(inflight, std::sync::atomic::Ordering::Relaxed);
+        self.gauges
+            .pending
+            .store(pending, std::sync::atomic::Ordering::Relaxed);
+        let expired = lock(&self.correlation).expire(Instant::now(), self.settings.ack_timeout);
+        for open in expired {
+            self.finish(open, Err(Failure::AckTimeout));
+        }
+    }
+
+    /// The connection failed; `queued` are the outgoing events rumqttc still holds in its event
+    /// queue, to be handed out after the reconnect.
+    pub(crate) fn on_connection_lost<'a>(&self, queued: impl IntoIterator<Item = &'a Outgoing>) {
+        let stale = queued.into_iter().filter_map(|outgoing| match outgoing {
+            Outgoing::Publish(pkid) => Some(StaleEvent::Publish(*pkid)),
+            Outgoing::AwaitAck(pkid) => Some(StaleEvent::AwaitAck(*pkid)),
+            _ => None,
+        });
+        let finished = lock(&self.correlation).on_connection_lost(stale);
+        for (open, result) in finished {
+            self.finish(open, result);
+        }
+    }
+
+    /// Ends every open publish span (the event loop is going away).
+    pub(crate) fn close(&self, failure: Failure) {
+        let open = lock(&self.correlation).drain();
+        for open in open {
+            self.finish(open, Err(failure));
+        }
+    }
+
+    /// Open publish spans (queued, in flight, or parked).
+    pub(crate) fn open_publishes(&self) -> usize {
+        lock(&self.correlation).len()
+    }
+
+    /// Remembers a filter subscribed through the traced client.
+    pub(crate) fn subscribed(&self, filter: &str) {
+        let mut set = self
+            .subscriptions
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // An invalid filter is refused by the broker; it cannot name a destination.
+        let _ = set.insert(filter, Arc::from(filter));
+    }
+
+    /// Forgets a filter unsubscribed through the traced client.
+    pub(crate) fn unsubscribed(&self, filter: &str) {
+        let mut set = self
+            .subscriptions
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        set.remove(filter);
+    }
+
+    fn subscription_for(&self, topic: &str) -> Option<Arc<str>> {
+        let set = self
+            .subscriptions
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        most_specific(set.matches(topic)).cloned()
+    }
+
+    /// Starts the CONSUMER `process {filter}` span of a handler run on a delivered message.
+    ///
+    /// `filter` is the route's filter as subscribed (a `$share/{group}/` prefix gives the
+    /// consumer group). The parent follows the [`ParentMode`], like the receive span's.
+    #[allow(dead_code)]
+    pub(crate) fn start_process(
+        &self,
+        delivery: &Delivery,
+        filter: &str,
+        facts: MessageFacts<'_>,
+    ) -> Processing {
+        let ambient = Context::current();
+        let facts = self.facts(
+            facts
+                .with_template(Some(matching_filter(filter)))
+                .with_consumer_group(parse_shared(filter).map(|(group, _)| group)),
+            None,
+        );
+        let (parent, link) = self.consumer_parent(&ambient, delivery.creation.as_ref());
+        let tracer = &self.settings.tracer;
+        let mut builder = tracer
+            .span_builder(Operation::Process.span_name(matching_filter(filter)))
+            .with_kind(Operation::Process.span_kind())
+            .with_attributes(self.attributes(Operation::Process, &facts));
+        if let Some(link) = link {
+            builder = builder.with_links(vec![Link::with_context(link)]);
+        }
+        let span = builder.start_with_context(tracer, &parent);
+        let metric_attributes = self.connection.metric_attributes(
+            Operation::Process,
+            &facts,
+            self.settings.metric_topics,
+        );
+        Processing {
+            context: parent.with_span(span),
+            started: Instant::now(),
+            metric_attributes,
+        }
+    }
+
+    /// Ends a process span: successfully, or with `error_type` and the error's message.
+    #[allow(dead_code)]
+    pub(crate) fn end_process(
+        &self,
+        processing: Processing,
+        error: Option<(&'static str, &dyn Display)>,
+    ) {
+        let span = processing.context.span();
+        if let Some((error_type, message)) = error {
+            span.set_attribute(KeyValue::new(ERROR_TYPE, error_type));
+            span.set_status(Status::error(message.to_string()));
+        }
+        span.end();
+        self.settings.metrics.subscriber.record_process(
+            processing.started.elapsed(),
+            &processing.metric_attributes,
+            error.map(|(error_type, _)| error_type),
+        );
+    }
+
+    /// The parent and the optional link of a consumer span, by the [`ParentMode`].
+    fn consumer_parent(
+        &self,
+        ambient: &Context,
+        creation: Option<&Context>,
+    ) -> (Context, Option<SpanContext>) {
+        let ambient_span = ambient.span().span_context().clone();
+        match (self.settings.parent_mode, creation) {
+            (ParentMode::CreationContext, Some(created)) => (
+                created.clone(),
+                ambient_span.is_valid().then_some(ambient_span),
+            ),
+            (ParentMode::Link, Some(created)) => {
+                (ambient.clone(), Some(created.span().span_context().clone()))
+            }
+            (_, None) => (ambient.clone(), None),
+        }
+    }
+
+    /// Records the CLIENT `receive` span of a message handed out by the event loop, and returns
+    /// what the application needs to continue the trace. `extractor` reads the propagation
+    /// fields (none for a plain MQTT 3.1.1 payload); `problem` is what was wrong with the
+    /// carrier (a malformed envelope), recorded as an event.
+    pub(crate) fn receive(
+        &self,
+        facts: MessageFacts<'_>,
+        envelope_size: Option<usize>,
+        extractor: Option<&dyn Extractor>,
+        problem: Option<&dyn Display>,
+    ) -> Delivery {
+        let ambient = Context::current();
+        let mut traceparent_error: Option<TraceparentError> = None;
+        let creation = extractor.map(|extractor| match &self.settings.propagator {
+            Propagator::W3C(propagator) => {
+                let extracted = propagator.extract_checked(&Context::new(), extractor);
+                traceparent_error = extracted.traceparent_error;
+                extracted.context
+            }
+            Propagator::Custom(propagator) => propagator.extract(extractor),
+        });
+        let creation = creation.filter(|cx| cx.span().span_context().is_valid());
+        let subscription = self.subscription_for(facts.topic);
+        let (template, group) = match subscription.as_deref() {
+            Some(filter) => (
+                Some(matching_filter(filter)),
+                parse_shared(filter).map(|(group, _)| group),
+            ),
+            None => (None, None),
+        };
+        let facts = self.facts(
+            facts.with_template(template).with_consumer_group(group),
+            envelope_size,
+        );
+        let (parent, link) = self.consumer_parent(&ambient, creation.as_ref());
+        let tracer = &self.settings.tracer;
+        let mut builder = tracer
+            .span_builder(Operation::Receive.span_name(facts.destination()))
+            .with_kind(Operation::Receive.span_kind())
+            .with_attributes(self.attributes(Operation::Receive, &facts));
+        if let Some(link) = link {
+            builder = builder.with_links(vec![Link::with_context(link)]);
+        }
+        let mut span = builder.start_with_context(tracer, &parent);
+        if let Some(error) = traceparent_error {
+            span.add_event(
+                "mqtt.propagation.rejected",
+                vec![KeyValue::new("reason", error.to_string())],
+            );
+        }
+        if let Some(problem) = problem {
+            span.add_event(
+                "mqtt.propagation.rejected",
+                vec![KeyValue::new("reason", problem.to_string())],
+            );
+        }
+        let receive = span.span_context().clone();
+        span.end();
+        self.settings.metrics.subscriber.record_consumed(
+            publish_body_size(&facts),
+            &self.connection.metric_attributes(
+                Operation::Receive,
+                &facts,
+                self.settings.metric_topics,
+            ),
+        );
+        Delivery {
+            creation,
+            receive,
+            destination: subscription,
+        }
+    }
+}
+
+/// The `AsyncClient` methods that the traced clients of both MQTT versions forward unchanged
+/// (acks, subscriptions, disconnect), recording subscribed filters for receive span names.
+macro_rules! client_passthrough {
+    ($client:ident, $qos:ty, $publish:ty, $filter:ty, $error:ty) => {
+        impl $client {
+            /// `AsyncClient::ack`, unchanged (manual acknowledgement of an incoming PUBLISH).
+            pub async fn ack(&self, publish: &$publish) -> Result<(), $error> {
+                self.inner.ack(publish).await
+            }
+
+            /// `AsyncClient::try_ack`, unchanged.
+            pub fn try_ack(&self, publish: &$publish) -> Result<(), $error> {
+                self.inner.try_ack(publish)
+            }
+
+            /// `AsyncClient::subscribe`; the filter names the receive spans of matching
+            /// messages.
+            pub async fn subscribe<S: Into<String>>(
+                &self,
+                topic: S,
+                qos: $qos,
+            ) -> Result<(), $error> {
+                let topic = topic.into();
+                self.core.subscribed(&topic);
+                self.inner.subscribe(topic, qos).await
+            }
+
+            /// `AsyncClient::try_subscribe`.
+            pub fn try_subscribe<S: Into<String>>(
+                &self,
+                topic: S,
+                qos: $qos,
+            ) -> Result<(), $error> {
+                let topic = topic.into();
+                self.core.subscribed(&topic);
+                self.inner.try_subscribe(topic, qos)
+            }
+
+            /// `AsyncClient::subscribe_many`.
+            pub async fn subscribe_many<T>(&self, topics: T) -> Result<(), $error>
+            where
+                T: IntoIterator<Item = $filter>,
+            {
+                let filters = self.remember(topics);
+                self.inner.subscribe_many(filters).await
+            }
+
+            /// `AsyncClient::try_subscribe_many`.
+            pub fn try_subscribe_many<T>(&self, topics: T) -> Result<(), $error>
+            where
+                T: IntoIterator<Item = $filter>,
+            {
+                let filters = self.remember(topics);
+                self.inner.try_subscribe_many(filters)
+            }
+
+            /// `AsyncClient::unsubscribe`.
+            pub async fn unsubscribe<S: Into<String>>(&self, topic: S) -> Result<(), $error> {
+                let topic = topic.into();
+                self.core.unsubscribed(&topic);
+                self.inner.unsubscribe(topic).await
+            }
+
+            /// `AsyncClient::try_unsubscribe`.
+            pub fn try_unsubscribe<S: Into<String>>(&self, topic: S) -> Result<(), $error> {
+                let topic = topic.into();
+                self.core.unsubscribed(&topic);
+                self.inner.try_unsubscribe(topic)
+            }
+
+            /// `AsyncClient::disconnect`, unchanged.
+            pub async fn disconnect(&self) -> Result<(), $error> {
+                self.inner.disconnect().await
+            }
+
+            /// `AsyncClient::try_disconnect`, unchanged.
+            pub fn try_disconnect(&self) -> Result<(), $error> {
+                self.inner.try_disconnect()
+            }
+
+            /// The shared core (for the publisher and subscriber roles).
+            #[allow(dead_code)]
+            pub(crate) fn core(&self) -> &std::sync::Arc<crate::core::Core> {
+                &self.core
+            }
+
+            fn remember<T: IntoIterator<Item = $filter>>(&self, topics: T) -> Vec<$filter> {
+                let filters: Vec<$filter> = topics.into_iter().collect();
+                for filter in &filters {
+                    self.core.subscribed(&filter.path);
+                }
+                filters
+            }
+        }
+    };
+}
+pub(crate) use client_passthrough;
+
+/// Access to the wrapped event loop, and the end of open spans when the traced event loop is
+/// dropped, for both MQTT versions.
+macro_rules! eventloop_passthrough {
+    ($eventloop:ident, $inner:ty) => {
+        impl $eventloop {
+            /// The wrapped rumqttc event loop (its options, state and `pending` queue).
+            pub fn inner(&self) -> &$inner {
+                &self.inner
+            }
+
+            /// The wrapped rumqttc event loop, mutably (for example to change its network
+            /// options). Polling it directly bypasses the tracing of the events it returns.
+            pub fn inner_mut(&mut self) -> &mut $inner {
+                &mut self.inner
+            }
+
+            /// Publish spans not ended yet: queued, written and waiting for an
+            /// acknowledgement, or parked on a packet-id collision.
+            pub fn open_publish_spans(&self) -> usize {
+                self.core.open_publishes()
+            }
+
+            /// The shared core (for the publisher and subscriber roles).
+            #[allow(dead_code)]
+            pub(crate) fn core(&self) -> &std::sync::Arc<crate::core::Core> {
+                &self.core
+            }
+        }
+
+        impl std::fmt::Debug for $eventloop {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($eventloop))
+                    .field("connected", &self.connection.is_connected())
+                    .field("open_publish_spans", &self.open_publish_spans())
+                    .finish_non_exhaustive()
+            }
+        }
+
+        impl Drop for $eventloop {
+            fn drop(&mut self) {
+                self.connection.close(&self.core);
+                self.core
+                    .close(crate::core::correlation::Failure::EventLoopDropped);
+            }
+        }
+    };
+}
+pub(crate) use eventloop_passthrough;
+
+/// `poll` and `poll_traced` of the traced event loops of both MQTT versions: the same steps on
+/// each version's types. The adapter provides `observe(&self, &mut Event, unsent) ->
+/// Option<Delivery>` (publish signals and receive spans) and `error_type(&ConnectionError)`.
+macro_rules! traced_poll {
+    ($eventloop:ident, $event:ident, $packet:path, $pingresp:pat, $request:path, $error:ty) => {
+        impl $eventloop {
+            /// Like rumqttc's `EventLoop::poll`: the same events and errors, in the same order
+            /// (for MQTT 3.1.1, an incoming envelope is stripped from the payload).
+            pub async fn poll(&mut self) -> Result<$event, $error> {
+                self.poll_traced().await.map(|(event, _)| event)
+            }
+
+            /// Like [`Self::poll`], and for an incoming PUBLISH also the [`crate::Delivery`]: the
+            /// producer's context (when the message carried one) and the receive span, to
+            /// continue the trace in the application.
+            pub async fn poll_traced(
+                &mut self,
+            ) -> Result<($event, Option<crate::Delivery>), $error> {
+                use $packet as Packet;
+                use $request as Request;
+                // rumqttc drops `pending` when the CONNACK of this attempt has no session; count
+                // the publishes in it that were never written.
+                let unsent = if self.connection.is_connected() {
+                    0
+                } else {
+                    self.inner
+                        .pending
+                        .iter()
+                        .filter(|request| matches!(request, Request::Publish(p) if p.pkid == 0))
+                        .count()
+                };
+                let result = self.inner.poll().await;
+                self.core.after_poll(
+                    u64::from(self.inner.state.inflight()),
+                    self.inner.pending.len() as u64,
+                );
+                match result {
+                    Ok(mut event) => {
+                        match &event {
+                            $event::Incoming(Packet::ConnAck(_)) => {
+                                self.connection.on_connack(&self.core)
+                            }
+                            $event::Incoming($pingresp) => self.connection.on_pingresp(&self.core),
+                            $event::Outgoing(outgoing) => {
+                                self.connection.on_outgoing(&self.core, outgoing)
+                            }
+                            _ => {}
+                        }
+                        let delivery = self.observe(&mut event, unsent);
+                        Ok((event, delivery))
+                    }
+                    Err(error) => {
+                        self.connection.on_error(&self.core, error_type(&error));
+                        self.core.on_connection_lost(self.inner.state.events.iter().filter_map(
+                            |event| match event {
+                                $event::Outgoing(outgoing) => Some(outgoing),
+                                $event::Incoming(_) => None,
+                            },
+                        ));
+                        Err(error)
+                    }
+                }
+            }
+        }
+    };
+}
+pub(crate) use traced_poll;
+
+/// The `TracedClient` / `TracedEventLoop` pair of one MQTT version: the two structs, their
+/// constructors and `inner()`. `$attributes` builds the connection attributes from the options.
+macro_rules! traced_pair {
+    ($rumqttc:literal, $client:ty, $eventloop:ty, $options:ty, $attributes:path) => {
+        #[doc = concat!("A traced `", $rumqttc, "::AsyncClient`: every method of it, with the same")]
+        /// signature and error type, plus a PRODUCER span per publish.
+        ///
+        /// Clones share one connection, one correlation table and one
+        /// [`Instrumentation`](crate::Instrumentation).
+        #[derive(Clone, Debug)]
+        pub struct TracedClient {
+            inner: $client,
+            core: std::sync::Arc<crate::core::Core>,
+        }
+
+        #[doc = concat!("A traced `", $rumqttc, "::EventLoop`: [`TracedEventLoop::poll`] returns what")]
+        /// rumqttc's does, and on the way ends publish spans at their acknowledgement, records a
+        /// `receive` span for every incoming PUBLISH, and feeds the connection-health metrics.
+        ///
+        /// Dropping it ends every publish span still open with
+        /// `error.type = event_loop_dropped`.
+        pub struct TracedEventLoop {
+            inner: $eventloop,
+            core: std::sync::Arc<crate::core::Core>,
+            /// Connection state for the health metrics, and whether the next poll connects.
+            connection: crate::core::connection::ConnectionTracker,
+        }
+
+        impl TracedClient {
+            #[doc = concat!("Like `", $rumqttc, "::AsyncClient::new`, with the default")]
+            /// [`Instrumentation`](crate::Instrumentation) (global providers, built-in W3C
+            /// propagator).
+            pub fn new(options: $options, cap: usize) -> (TracedClient, TracedEventLoop) {
+                Self::with_instrumentation(options, cap, crate::Instrumentation::default())
+            }
+
+            /// Like [`TracedClient::new`], with the given instrumentation.
+            pub fn with_instrumentation(
+                options: $options,
+                cap: usize,
+                instrumentation: crate::Instrumentation,
+            ) -> (TracedClient, TracedEventLoop) {
+                let connection = $attributes(&options);
+                let core = std::sync::Arc::new(crate::core::Core::new(&instrumentation, connection));
+                let (inner, eventloop) = <$client>::new(options, cap);
+                (
+                    TracedClient {
+                        inner,
+                        core: std::sync::Arc::clone(&core),
+                    },
+                    TracedEventLoop {
+                        inner: eventloop,
+                        core,
+                        connection: crate::core::connection::ConnectionTracker::default(),
+                    },
+                )
+            }
+
+            /// The wrapped rumqttc client. Publishes sent through it directly are not traced,
+            /// and they take a place in rumqttc's queue that the span correlation does not know
+            /// about: use this client's own methods to publish.
+            pub fn inner(&self) -> &$client {
+                &self.inner
+            }
+        }
+    };
+}
+pub(crate) use traced_pair;

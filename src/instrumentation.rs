@@ -1,0 +1,412 @@
+//! [`Instrumentation`]: what the traced clients record, where it goes, and how context travels.
+//!
+//! Every setting has a default that works without configuration, so
+//! `Instrumentation::default()` (what `TracedClient::new` uses) is a complete set-up:
+//!
+//! | setting | default |
+//! |---|---|
+//! | tracer provider | the global one, read when the `Instrumentation` is built |
+//! | meter provider | the global one, read when the `Instrumentation` is built |
+//! | propagator | [`W3CPropagator`] (W3C Trace Context and Baggage), built in, because OpenTelemetry's global propagator is a no-op until the application installs one |
+//! | consumer parent | [`ParentMode::CreationContext`] |
+//! | MQTT 3.1.1 propagation | [`V3Propagation::None`]: payload bytes never change |
+//! | publisher destination templates | none: span names use the topic |
+//! | raw topic in metric attributes | off |
+//! | client id in connection metrics | off |
+//! | body and envelope sizes on spans | off (they are opt-in in semconv) |
+//! | acknowledgement bound | 60 s |
+//!
+//! Build the `Instrumentation` after the application has installed its providers: the global
+//! tracer and meter are looked up once, at [`InstrumentationBuilder::build`].
+//!
+//! ```
+//! use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+//! use rumqttc_opentelemetry::{Instrumentation, ParentMode, V3Propagation};
+//!
+//! let exporter = InMemorySpanExporter::default();
+//! let provider = SdkTracerProvider::builder().with_simple_exporter(exporter).build();
+//! let instrumentation = Instrumentation::builder()
+//!     .tracer_provider(&provider)
+//!     .parent_mode(ParentMode::Link)
+//!     .v3_propagation(V3Propagation::Envelope)
+//!     .publish_template("home/+/temperature")?
+//!     .build();
+//! # Ok::<(), rumqttc_opentelemetry::Error>(())
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry::global::{self, BoxedTracer};
+use opentelemetry::metrics::{Meter, MeterProvider};
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{Tracer, TracerProvider};
+use opentelemetry::{InstrumentationScope, KeyValue};
+
+use crate::Error;
+use crate::metrics::Metrics;
+use crate::propagation::W3CPropagator;
+use crate::semconv::{MessageFacts, Operation};
+use crate::topic::TopicFilterSet;
+
+/// The instrumentation scope name of this crate's tracer and meter.
+pub const SCOPE_NAME: &str = env!("CARGO_PKG_NAME");
+
+/// Where a consumer's span (receive, process) takes its parent from.
+///
+/// OpenTelemetry messaging semconv lets an instrumentation either parent a consumer span on the
+/// producer's context or link to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ParentMode {
+    /// The default: the producer's span (the context in the message) is the parent, so a
+    /// trace shows publisher, broker hop and subscriber as one waterfall. A span that is current
+    /// where the message is received (an ambient span), if any, becomes a link.
+    #[default]
+    CreationContext,
+    /// Semconv's strict form: the consumer span is a child of the ambient context (or a root),
+    /// and links to the producer's context.
+    Link,
+}
+
+/// How MQTT 3.1.1 publishes carry context. MQTT 3.1.1 has no user properties, so any choice but
+/// [`V3Propagation::None`] changes the payload bytes.
+///
+/// Receivers built on this crate always recognise and strip an envelope, whatever their own
+/// setting, so the application sees the original payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum V3Propagation {
+    /// The default: no context is sent and payload bytes never change, so a swapped-in client
+    /// stays wire-compatible with consumers that are not instrumented. Each MQTT 3.1.1 message
+    /// starts a new trace at its receiver.
+    #[default]
+    None,
+    /// Wrap the payload in the envelope of [`crate::propagation::envelope`]. Only consumers that
+    /// understand the envelope (this crate, or a port of its format) see the original payload.
+    Envelope,
+    /// Add `traceparent`/`tracestate`/`baggage` members to JSON-object payloads, as the W3C MQTT
+    /// binding recommends; payloads that are not JSON objects are sent unchanged. Receivers with
+    /// this setting read the members back; the members stay in the payload.
+    JsonFields,
+}
+
+/// The propagator the instrumentation injects and extracts with.
+#[derive(Clone)]
+pub(crate) enum Propagator {
+    /// The built-in strict W3C propagator (fast path).
+    W3C(W3CPropagator),
+    /// Any other `TextMapPropagator` the application supplied.
+    Custom(Arc<dyn TextMapPropagator + Send + Sync>),
+}
+
+impl fmt::Debug for Propagator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::W3C(propagator) => propagator.fmt(f),
+            Self::Custom(propagator) => propagator.fmt(f),
+        }
+    }
+}
+
+/// A hook that adds attributes to the span of one message, in the spirit of tower-http's
+/// `MakeSpan`: for example a device id taken from the topic. It sees the operation and the facts
+/// of the message (never the payload) and pushes attributes onto the vector.
+pub type AttributeHook = dyn Fn(Operation, &MessageFacts<'_>, &mut Vec<KeyValue>) + Send + Sync;
+
+/// What the traced clients record, where it goes, and how context travels. Cheap to clone.
+///
+/// See the [module documentation](self) for the defaults.
+#[derive(Clone)]
+pub struct Instrumentation {
+    pub(crate) inner: Arc<Settings>,
+}
+
+pub(crate) struct Settings {
+    pub(crate) tracer: BoxedTracer,
+    pub(crate) meter: Meter,
+    pub(crate) propagator: Propagator,
+    pub(crate) parent_mode: ParentMode,
+    pub(crate) v3_propagation: V3Propagation,
+    pub(crate) v3_filters: Option<TopicFilterSet<()>>,
+    pub(crate) publish_templates: TopicFilterSet<Arc<str>>,
+    pub(crate) metric_topics: bool,
+    pub(crate) metric_client_id: bool,
+    pub(crate) record_sizes: bool,
+    pub(crate) ack_timeout: Duration,
+    pub(crate) hooks: Vec<Arc<AttributeHook>>,
+    pub(crate) metrics: Metrics,
+}
+
+impl fmt::Debug for Instrumentation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let settings = &self.inner;
+        f.debug_struct("Instrumentation")
+            .field("propagator", &settings.propagator)
+            .field("parent_mode", &settings.parent_mode)
+            .field("v3_propagation", &settings.v3_propagation)
+            .field("publish_templates", &settings.publish_templates.len())
+            .field("metric_topics", &settings.metric_topics)
+            .field("record_sizes", &settings.record_sizes)
+            .field("ack_timeout", &settings.ack_timeout)
+            .field("hooks", &settings.hooks.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Instrumentation {
+    fn default() -> Self {
+        Self::builder().build()
+    }
+}
+
+impl Instrumentation {
+    /// A builder starting from the defaults.
+    pub fn builder() -> InstrumentationBuilder {
+        InstrumentationBuilder::default()
+    }
+
+    /// The consumer parent mode.
+    pub fn parent_mode(&self) -> ParentMode {
+        self.inner.parent_mode
+    }
+
+    /// The MQTT 3.1.1 propagation mode.
+    pub fn v3_propagation(&self) -> V3Propagation {
+        self.inner.v3_propagation
+    }
+
+    /// The meter the instruments of this instrumentation come from.
+    pub fn meter(&self) -> &Meter {
+        &self.inner.meter
+    }
+
+    /// The instruments the traced clients record on, to record by hand what happens outside
+    /// them.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The tracer spans come from.
+    pub fn tracer(&self) -> &impl Tracer {
+        &self.inner.tracer
+    }
+}
+
+impl Settings {
+    /// The publisher template matching `topic`, if one was configured. When several match, the
+    /// most specific (fewest wildcards, then longest) wins, so the choice does not depend on
+    /// insertion order.
+    pub(crate) fn publish_template<'a>(&'a self, topic: &'a str) -> Option<&'a Arc<str>> {
+        if self.publish_templates.is_empty() {
+            return None;
+        }
+        crate::core::most_specific(self.publish_templates.matches(topic))
+    }
+
+    /// Whether an MQTT 3.1.1 publish on `topic` carries context.
+    pub(crate) fn v3_propagates(&self, topic: &str) -> bool {
+        self.v3_propagation != V3Propagation::None
+            && self
+                .v3_filters
+                .as_ref()
+                .is_none_or(|filters| filters.matches(topic).next().is_some())
+    }
+}
+
+/// Builds an [`Instrumentation`].
+#[must_use]
+pub struct InstrumentationBuilder {
+    tracer: Option<BoxedTracer>,
+    meter: Option<Meter>,
+    propagator: Propagator,
+    parent_mode: ParentMode,
+    v3_propagation: V3Propagation,
+    v3_filters: Option<TopicFilterSet<()>>,
+    publish_templates: TopicFilterSet<Arc<str>>,
+    metric_topics: bool,
+    metric_client_id: bool,
+    record_sizes: bool,
+    ack_timeout: Duration,
+    hooks: Vec<Arc<AttributeHook>>,
+}
+
+impl Default for InstrumentationBuilder {
+    fn default() -> Self {
+        Self {
+            tracer: None,
+            meter: None,
+            propagator: Propagator::W3C(W3CPropagator::new()),
+            parent_mode: ParentMode::default(),
+            v3_propagation: V3Propagation::default(),
+            v3_filters: None,
+            publish_templates: TopicFilterSet::new(),
+            metric_topics: false,
+            metric_client_id: false,
+            record_sizes: false,
+            ack_timeout: Duration::from_secs(60),
+            hooks: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Debug for InstrumentationBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InstrumentationBuilder")
+            .field("propagator", &self.propagator)
+            .field("parent_mode", &self.parent_mode)
+            .field("v3_propagation", &self.v3_propagation)
+            .finish_non_exhaustive()
+    }
+}
+
+fn scope() -> InstrumentationScope {
+    InstrumentationScope::builder(SCOPE_NAME)
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build()
+}
+
+impl InstrumentationBuilder {
+    /// Takes spans to a tracer of `provider` instead of the global provider.
+    pub fn tracer_provider<P, T, S>(mut self, provider: &P) -> Self
+    where
+        P: TracerProvider<Tracer = T>,
+        T: Tracer<Span = S> + Send + Sync + 'static,
+        S: opentelemetry::trace::Span + Send + Sync + 'static,
+    {
+        self.tracer = Some(BoxedTracer::new(Box::new(
+            provider.tracer_with_scope(scope()),
+        )));
+        self
+    }
+
+    /// Takes metrics to a meter of `provider` instead of the global provider.
+    pub fn meter_provider<P: MeterProvider + ?Sized>(mut self, provider: &P) -> Self {
+        self.meter = Some(provider.meter_with_scope(scope()));
+        self
+    }
+
+    /// Injects and extracts with `propagator` instead of the built-in W3C one. The built-in one
+    /// validates strictly and formats `traceparent` directly; a custom propagator (B3, Jaeger,
+    /// or the global one) gets MQTT 5 user properties, envelope headers or JSON members through
+    /// the carriers of [`crate::propagation`].
+    pub fn propagator(
+        mut self,
+        propagator: impl TextMapPropagator + Send + Sync + 'static,
+    ) -> Self {
+        self.propagator = Propagator::Custom(Arc::new(propagator));
+        self
+    }
+
+    /// Uses the built-in W3C propagator without `baggage`.
+    pub fn without_baggage(mut self) -> Self {
+        self.propagator = Propagator::W3C(W3CPropagator::without_baggage());
+        self
+    }
+
+    /// Where consumer spans take their parent from (default [`ParentMode::CreationContext`]).
+    pub fn parent_mode(mut self, mode: ParentMode) -> Self {
+        self.parent_mode = mode;
+        self
+    }
+
+    /// How MQTT 3.1.1 publishes carry context (default [`V3Propagation::None`]).
+    pub fn v3_propagation(mut self, mode: V3Propagation) -> Self {
+        self.v3_propagation = mode;
+        self
+    }
+
+    /// Restricts MQTT 3.1.1 propagation to topics matching `filter` (call again to add more);
+    /// publishes on other topics keep their payload unchanged.
+    pub fn v3_propagation_filter(mut self, filter: &str) -> Result<Self, Error> {
+        self.v3_filters
+            .get_or_insert_with(TopicFilterSet::new)
+            .insert(filter, ())?;
+        Ok(self)
+    }
+
+    /// Declares a publisher destination template: a publish whose topic matches `filter` is
+    /// named `publish {filter}` and records `messaging.destination.template = filter`, and its
+    /// metrics are aggregated under the template instead of the topic.
+    pub fn publish_template(mut self, filter: &str) -> Result<Self, Error> {
+        self.publish_templates.insert(filter, Arc::from(filter))?;
+        Ok(self)
+    }
+
+    /// Adds the raw topic (`messaging.destination.name`) to metric attributes. Off by default:
+    /// per-device topics would give every device its own time series.
+    pub fn metric_topics(mut self, on: bool) -> Self {
+        self.metric_topics = on;
+        self
+    }
+
+    /// Adds `messaging.client.id` to the connection-health metrics. Off by default: a fleet of
+    /// thousands of clients would create thousands of time series.
+    pub fn metric_client_id(mut self, on: bool) -> Self {
+        self.metric_client_id = on;
+        self
+    }
+
+    /// Records the opt-in `messaging.message.body.size` and `messaging.message.envelope.size`
+    /// on spans.
+    pub fn record_sizes(mut self, on: bool) -> Self {
+        self.record_sizes = on;
+        self
+    }
+
+    /// How long a QoS 1 or 2 publish may wait for its acknowledgement before its span ends as an
+    /// error (`error.type = ack_timeout`), so that no span is held forever when a broker never
+    /// answers. Default 60 s. A late acknowledgement after that is ignored.
+    pub fn ack_timeout(mut self, bound: Duration) -> Self {
+        self.ack_timeout = bound;
+        self
+    }
+
+    /// Adds a hook that adds attributes to every message span.
+    ///
+    /// ```
+    /// use opentelemetry::KeyValue;
+    /// use rumqttc_opentelemetry::Instrumentation;
+    ///
+    /// // `home/{device}/temperature` -> device.id
+    /// let instrumentation = Instrumentation::builder()
+    ///     .span_attributes(|_operation, facts, attributes| {
+    ///         if let Some(device) = facts.topic.split('/').nth(1) {
+    ///             attributes.push(KeyValue::new("device.id", device.to_owned()));
+    ///         }
+    ///     })
+    ///     .build();
+    /// ```
+    pub fn span_attributes<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(Operation, &MessageFacts<'_>, &mut Vec<KeyValue>) + Send + Sync + 'static,
+    {
+        self.hooks.push(Arc::new(hook));
+        self
+    }
+
+    /// The instrumentation.
+    pub fn build(self) -> Instrumentation {
+        let meter = self
+            .meter
+            .unwrap_or_else(|| global::meter_provider().meter_with_scope(scope()));
+        Instrumentation {
+            inner: Arc::new(Settings {
+                tracer: self
+                    .tracer
+                    .unwrap_or_else(|| global::tracer_with_scope(scope())),
+                metrics: Metrics::new(&meter),
+                meter,
+                propagator: self.propagator,
+                parent_mode: self.parent_mode,
+                v3_propagation: self.v3_propagation,
+                v3_filters: self.v3_filters,
+                publish_templates: self.publish_templates,
+                metric_topics: self.metric_topics,
+                metric_client_id: self.metric_client_id,
+                record_sizes: self.record_sizes,
+                ack_timeout: self.ack_timeout,
+                hooks: self.hooks,
+            }),
+        }
+    }
+}
