@@ -33,4 +33,20 @@ pub enum Error {
     /// is invalid. The value is rumqttc's message.
     #[error("request not accepted by rumqttc: {0}")]
     RequestRejected(String),
+    /// A publish with retries failed on every attempt; `last` is the last attempt's error.
+    #[error("publish failed after {attempts} attempt(s): {last}")]
+    RetriesExhausted {
+        /// How many attempts were made.
+        attempts: u32,
+        /// The error of the last attempt.
+        last: Box<Error>,
+    },
+    /// The broker refused a subscription (a SUBACK failure code).
+    #[error("the broker refused the subscription to {filter:?}: {reason}")]
+    SubscriptionRefused {
+        /// The filter as subscribed.
+        filter: String,
+        /// The broker's reason.
+        reason: String,
+    },
 }

@@ -78,6 +78,8 @@ pub mod error;
 pub mod instrumentation;
 pub mod metrics;
 pub mod propagation;
+pub mod reconnect;
+mod roles;
 pub mod semconv;
 pub mod topic;
 pub mod v4;

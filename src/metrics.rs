@@ -16,6 +16,7 @@
 //! | `mqtt.client.reconnects` | counter | `{reconnect}` | server address/port | per successful connection after the first |
 //! | `mqtt.client.connection.duration` | histogram | `s` | server address/port, `error.type` when the connection broke | when a connection ends |
 //! | `mqtt.client.keepalive.rtt` | histogram | `s` | server address/port | per PINGRESP, from its PINGREQ |
+//! | `mqtt.client.resent` | counter | `{request}` | server address/port | requests put back and sent again after the broker lost the session (see [`crate::reconnect`]) |
 //! | `mqtt.client.connected` | observable gauge | `{connection}` | server address/port | connected clients (0 or 1 per client) |
 //! | `mqtt.client.inflight` | observable gauge | `{message}` | server address/port | publishes written and not yet acknowledged (rumqttc's `state.inflight()`) |
 //! | `mqtt.client.pending` | observable gauge | `{request}` | server address/port | requests rumqttc holds for replay after a reconnect (`pending.len()`) |
@@ -45,6 +46,8 @@ pub const RECONNECTS: &str = "mqtt.client.reconnects";
 pub const CONNECTION_DURATION: &str = "mqtt.client.connection.duration";
 /// `mqtt.client.keepalive.rtt`.
 pub const KEEPALIVE_RTT: &str = "mqtt.client.keepalive.rtt";
+/// `mqtt.client.resent`.
+pub const RESENT: &str = "mqtt.client.resent";
 /// `mqtt.client.connected`.
 pub const CONNECTED: &str = "mqtt.client.connected";
 /// `mqtt.client.inflight`.
@@ -225,6 +228,7 @@ pub struct MqttConnectionMetrics {
     reconnects: Counter<u64>,
     lifetime: Histogram<f64>,
     keepalive_rtt: Histogram<f64>,
+    resent: Counter<u64>,
     registry: Registry,
 }
 
@@ -284,7 +288,21 @@ impl MqttConnectionMetrics {
                 KEEPALIVE_RTT,
                 "Keep-alive round trip, PINGREQ to PINGRESP",
             ),
+            resent: meter
+                .u64_counter(RESENT)
+                .with_unit("{request}")
+                .with_description(
+                    "Requests put back and sent again after the broker lost the session",
+                )
+                .build(),
             registry,
+        }
+    }
+
+    /// Records `count` requests sent again after a session loss.
+    pub fn record_resent(&self, count: u64, attributes: &[KeyValue]) {
+        if count > 0 {
+            self.resent.add(count, attributes);
         }
     }
 

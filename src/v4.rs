@@ -49,6 +49,7 @@ crate::core::traced_pair!(
     AsyncClient,
     EventLoop,
     MqttOptions,
+    rumqttc::Request,
     ConnectionAttributes::from_v4_options
 );
 
@@ -60,7 +61,9 @@ impl TracedClient {
             .core
             .start_publish(topic, qos.into(), retain, payload.len());
         let settings = &self.core.settings;
-        if !settings.v3_propagates(topic) {
+        // A retained publish with an empty payload clears the retained message (MQTT 3.1.1
+        // section 3.3.1.3): wrapping it would store the envelope instead.
+        if !settings.v3_propagates(topic) || (retain && payload.is_empty()) {
             return (open, payload);
         }
         let carried = match settings.v3_propagation {
@@ -207,20 +210,13 @@ impl TracedClient {
 crate::core::client_passthrough!(TracedClient, QoS, Publish, SubscribeFilter, ClientError);
 
 impl TracedEventLoop {
-    fn observe(&self, event: &mut Event, unsent: usize) -> Option<Delivery> {
-        let signal = match event {
-            Event::Outgoing(outgoing) => Signal::from_outgoing(outgoing)?,
-            Event::Incoming(Packet::PubAck(ack)) => Signal::PubAck(ack.pkid, None),
-            Event::Incoming(Packet::PubRec(rec)) => Signal::PubRec(rec.pkid, None),
-            Event::Incoming(Packet::PubComp(comp)) => Signal::PubComp(comp.pkid, None),
-            Event::Incoming(Packet::ConnAck(connack)) => Signal::ConnAck {
-                session_present: connack.session_present,
-                unsent,
-            },
-            Event::Incoming(Packet::Publish(publish)) => return Some(self.receive(publish)),
-            _ => return None,
-        };
-        self.core.on_signal(signal);
+    fn observe(&self, event: &mut Event) -> Option<Delivery> {
+        if let Event::Incoming(Packet::Publish(publish)) = event {
+            return Some(self.receive(publish));
+        }
+        if let Some(signal) = signal_of(event) {
+            self.core.on_signal(signal);
+        }
         None
     }
 
@@ -268,12 +264,25 @@ impl TracedEventLoop {
 
 crate::core::eventloop_passthrough!(TracedEventLoop, EventLoop);
 
+/// The publish-span signal of an event, if it has one (MQTT 3.1.1 acknowledgements carry no
+/// reason code).
+fn signal_of(event: &Event) -> Option<Signal> {
+    match event {
+        Event::Outgoing(outgoing) => Signal::from_outgoing(outgoing),
+        Event::Incoming(Packet::PubAck(ack)) => Some(Signal::PubAck(ack.pkid, None)),
+        Event::Incoming(Packet::PubRec(rec)) => Some(Signal::PubRec(rec.pkid, None)),
+        Event::Incoming(Packet::PubComp(comp)) => Some(Signal::PubComp(comp.pkid, None)),
+        _ => None,
+    }
+}
+
 crate::core::traced_poll!(
     TracedEventLoop,
     Event,
     rumqttc::Packet,
     Packet::PingResp,
     rumqttc::Request,
+    Publish,
     ConnectionError
 );
 
@@ -307,4 +316,20 @@ fn error_type(error: &ConnectionError) -> &'static str {
         ConnectionError::RequestsDone => "requests_done",
         other => feature_error_type(&other.to_string()),
     }
+}
+
+pub use crate::roles::v4::{
+    AckPolicy, Message, RetryPolicy, SubscriberBuilder, TracedPublisher, TracedSubscriber,
+};
+
+impl TracedEventLoop {
+    /// How many publishes rumqttc keeps in flight (`MqttOptions::set_inflight`).
+    fn inflight_window(&self) -> u16 {
+        self.inner.mqtt_options.inflight()
+    }
+}
+
+/// MQTT 3.1.1 has no Receive Maximum.
+fn receive_maximum(_connack: &rumqttc::ConnAck) -> Option<u16> {
+    None
 }

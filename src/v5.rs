@@ -87,6 +87,7 @@ crate::core::traced_pair!(
     AsyncClient,
     EventLoop,
     MqttOptions,
+    rumqttc::v5::Request,
     ConnectionAttributes::from_v5_options
 );
 
@@ -416,26 +417,13 @@ impl TracedClient {
 crate::core::client_passthrough!(TracedClient, QoS, Publish, Filter, ClientError);
 
 impl TracedEventLoop {
-    fn observe(&self, event: &mut Event, unsent: usize) -> Option<Delivery> {
-        let signal = match event {
-            Event::Outgoing(outgoing) => Signal::from_outgoing(outgoing)?,
-            Event::Incoming(Packet::PubAck(ack)) => {
-                Signal::PubAck(ack.pkid, puback_failure(ack.reason))
-            }
-            Event::Incoming(Packet::PubRec(rec)) => {
-                Signal::PubRec(rec.pkid, pubrec_failure(rec.reason))
-            }
-            Event::Incoming(Packet::PubComp(comp)) => {
-                Signal::PubComp(comp.pkid, pubcomp_failure(comp.reason))
-            }
-            Event::Incoming(Packet::ConnAck(connack)) => Signal::ConnAck {
-                session_present: connack.session_present,
-                unsent,
-            },
-            Event::Incoming(Packet::Publish(publish)) => return Some(self.receive(publish)),
-            _ => return None,
-        };
-        self.core.on_signal(signal);
+    fn observe(&self, event: &mut Event) -> Option<Delivery> {
+        if let Event::Incoming(Packet::Publish(publish)) = event {
+            return Some(self.receive(publish));
+        }
+        if let Some(signal) = signal_of(event) {
+            self.core.on_signal(signal);
+        }
         None
     }
 
@@ -462,12 +450,30 @@ impl TracedEventLoop {
 
 crate::core::eventloop_passthrough!(TracedEventLoop, EventLoop);
 
+/// The publish-span signal of an event, if it has one.
+fn signal_of(event: &Event) -> Option<Signal> {
+    match event {
+        Event::Outgoing(outgoing) => Signal::from_outgoing(outgoing),
+        Event::Incoming(Packet::PubAck(ack)) => {
+            Some(Signal::PubAck(ack.pkid, puback_failure(ack.reason)))
+        }
+        Event::Incoming(Packet::PubRec(rec)) => {
+            Some(Signal::PubRec(rec.pkid, pubrec_failure(rec.reason)))
+        }
+        Event::Incoming(Packet::PubComp(comp)) => {
+            Some(Signal::PubComp(comp.pkid, pubcomp_failure(comp.reason)))
+        }
+        _ => None,
+    }
+}
+
 crate::core::traced_poll!(
     TracedEventLoop,
     Event,
     rumqttc::v5::mqttbytes::v5::Packet,
     Packet::PingResp(_),
     rumqttc::v5::Request,
+    Publish,
     ConnectionError
 );
 
@@ -526,4 +532,30 @@ fn error_type(error: &ConnectionError) -> &'static str {
         ConnectionError::RequestsDone => "requests_done",
         other => feature_error_type(&other.to_string()),
     }
+}
+
+pub use crate::roles::v5::{
+    AckPolicy, Message, RetryPolicy, SubscriberBuilder, TracedPublisher, TracedSubscriber,
+};
+
+impl TracedEventLoop {
+    /// How many publishes rumqttc keeps in flight: the smaller of the client's upper limit and the
+    /// broker's Receive Maximum (MQTT 5 section 3.2.2.3.3), as rumqttc computes it.
+    fn inflight_window(&self) -> u16 {
+        let limit = self
+            .inner
+            .options
+            .get_outgoing_inflight_upper_limit()
+            .unwrap_or(u16::MAX);
+        self.receive_maximum
+            .map_or(limit, |broker| broker.min(limit))
+    }
+}
+
+/// The broker's Receive Maximum in a CONNACK (MQTT 5 section 3.2.2.3.3).
+fn receive_maximum(connack: &rumqttc::v5::mqttbytes::v5::ConnAck) -> Option<u16> {
+    connack
+        .properties
+        .as_ref()
+        .and_then(|properties| properties.receive_max)
 }

@@ -54,6 +54,8 @@ pub(crate) struct ConnectionTracker {
     state: State,
     ever_connected: bool,
     ping_sent: Option<Instant>,
+    /// Connection attempts that failed since the last success.
+    failures: u32,
 }
 
 impl Default for ConnectionTracker {
@@ -62,6 +64,7 @@ impl Default for ConnectionTracker {
             state: State::Disconnected,
             ever_connected: false,
             ping_sent: None,
+            failures: 0,
         }
     }
 }
@@ -72,6 +75,11 @@ impl ConnectionTracker {
         !matches!(self.state, State::Disconnected)
     }
 
+    /// Consecutive failed connection attempts, when the last attempt failed.
+    pub(crate) fn failed_attempts(&self) -> Option<u32> {
+        (self.failures > 0).then_some(self.failures)
+    }
+
     /// A CONNACK was handed out.
     pub(crate) fn on_connack(&mut self, core: &Core) {
         let metrics = &core.settings.metrics.connection;
@@ -80,6 +88,7 @@ impl ConnectionTracker {
             metrics.record_reconnection(&core.connection_metric_attributes);
         }
         self.ever_connected = true;
+        self.failures = 0;
         self.ping_sent = None;
         self.state = State::Connected(Instant::now());
         core.gauges.connected.store(1, Ordering::Relaxed);
@@ -90,6 +99,7 @@ impl ConnectionTracker {
         let metrics = &core.settings.metrics.connection;
         match self.state {
             State::Disconnected => {
+                self.failures = self.failures.saturating_add(1);
                 metrics.record_connection_attempt(
                     &core.connection_metric_attributes,
                     Some(error_type),

@@ -27,7 +27,8 @@ use crate::semconv::{
     MESSAGING_MQTT_PACKET_ID, MessageFacts, MqttQoS, Operation, SERVER_ADDRESS, SERVER_PORT,
 };
 use crate::topic::{TopicFilterSet, matching_filter, parse_shared};
-use correlation::{Correlation, Failure, StaleEvent, Step};
+pub(crate) use correlation::Signal;
+use correlation::{Correlation, Failure, Resent, Step};
 
 /// A publish span that has not ended yet, with what its metrics need.
 #[derive(Debug)]
@@ -72,27 +73,6 @@ pub(crate) async fn confirmed<E: Display>(
             )),
         },
     }
-}
-
-/// A rumqttc event that concerns the publish spans, in version-independent form.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Signal {
-    /// `Outgoing::Publish(pkid)`.
-    Written(u16),
-    /// `Outgoing::AwaitAck(pkid)`.
-    Parked(u16),
-    /// An incoming PUBACK; the failure when its reason code is an error.
-    PubAck(u16, Option<Failure>),
-    /// An incoming PUBREC.
-    PubRec(u16, Option<Failure>),
-    /// An incoming PUBCOMP.
-    PubComp(u16, Option<Failure>),
-    /// A CONNACK; `unsent` publishes were in rumqttc's `pending` queue before the connection
-    /// attempt (rumqttc drops them when the session is not present).
-    ConnAck {
-        session_present: bool,
-        unsent: usize,
-    },
 }
 
 impl Signal {
@@ -375,62 +355,71 @@ impl Core {
         }
     }
 
-    /// Applies one rumqttc event to the publish spans.
+    /// Applies one rumqttc event handed out by the event loop to the publish spans.
     pub(crate) fn on_signal(&self, signal: Signal) {
-        let mut finished: Vec<(OpenPublish, Result<(), Failure>)> = Vec::new();
+        let mut finished = Vec::new();
         {
             let mut table = lock(&self.correlation);
-            let step = match signal {
-                Signal::Written(pkid) => {
-                    let step = table.on_publish(pkid);
-                    if matches!(step, Step::Pending)
-                        && pkid != 0
-                        && let Some(open) = table.awaiting_ack_mut(pkid)
-                        && open.pkid.is_none()
-                    {
-                        open.pkid = Some(pkid);
-                        open.span.set_attribute(KeyValue::new(
-                            MESSAGING_MQTT_PACKET_ID,
-                            i64::from(pkid),
-                        ));
-                        self.written(open);
-                    }
-                    step
-                }
-                Signal::Parked(pkid) => table.on_await_ack(pkid),
-                Signal::PubAck(pkid, failure) => table.on_puback(pkid, failure),
-                Signal::PubRec(pkid, failure) => table.on_pubrec(pkid, failure),
-                Signal::PubComp(pkid, failure) => table.on_pubcomp(pkid, failure),
-                Signal::ConnAck {
-                    session_present,
-                    unsent,
-                } => {
-                    if !session_present {
-                        finished.extend(
-                            table
-                                .on_session_lost(unsent)
-                                .into_iter()
-                                .map(|open| (open, Err(Failure::SessionLost))),
-                        );
-                    }
-                    Step::Pending
-                }
-            };
-            match step {
-                Step::Pending => {}
-                Step::Done(open, result) => finished.push((open, result)),
-                Step::Replayed(pkid) => {
-                    if let Some(open) = table.awaiting_ack_mut(pkid) {
-                        open.span
-                            .add_event("mqtt.publish.retransmitted", Vec::new());
-                        open.span
-                            .set_attribute(KeyValue::new(MESSAGING_MQTT_DUPLICATE, true));
-                    }
-                }
+            if !table.skip_stale() {
+                let step = table.apply(signal);
+                self.after_step(&mut table, signal, step, &mut finished);
             }
         }
         for (open, result) in finished {
             self.finish(open, result);
+        }
+    }
+
+    /// The connection broke; `queued` are the events rumqttc still holds, to hand out after the
+    /// reconnect. Those not applied yet are applied now (a publish written, an acknowledgement
+    /// read just before the end of the stream), so that a CONNACK without session finds the
+    /// table as rumqttc's state really is.
+    pub(crate) fn on_connection_lost(&self, queued: impl IntoIterator<Item = Signal>) {
+        let mut finished = Vec::new();
+        {
+            let mut table = lock(&self.correlation);
+            let already = table.stale_applied();
+            for signal in queued.into_iter().skip(already) {
+                let step = table.apply_stale(signal);
+                self.after_step(&mut table, signal, step, &mut finished);
+            }
+        }
+        for (open, result) in finished {
+            self.finish(open, result);
+        }
+    }
+
+    /// What one applied event means for the spans: the packet id of a written publish, the
+    /// retransmission of a replayed one, or a span to end.
+    fn after_step(
+        &self,
+        table: &mut Correlation<OpenPublish>,
+        signal: Signal,
+        step: Step<OpenPublish>,
+        finished: &mut Vec<(OpenPublish, Result<(), Failure>)>,
+    ) {
+        match step {
+            Step::Pending => {
+                if let Signal::Written(pkid) = signal
+                    && pkid != 0
+                    && let Some(open) = table.awaiting_ack_mut(pkid)
+                    && open.pkid.is_none()
+                {
+                    open.pkid = Some(pkid);
+                    open.span
+                        .set_attribute(KeyValue::new(MESSAGING_MQTT_PACKET_ID, i64::from(pkid)));
+                    self.written(open);
+                }
+            }
+            Step::Done(open, result) => finished.push((open, result)),
+            Step::Replayed(pkid) => {
+                if let Some(open) = table.awaiting_ack_mut(pkid) {
+                    open.span
+                        .add_event("mqtt.publish.retransmitted", Vec::new());
+                    open.span
+                        .set_attribute(KeyValue::new(MESSAGING_MQTT_DUPLICATE, true));
+                }
+            }
         }
     }
 
@@ -450,17 +439,26 @@ impl Core {
         }
     }
 
-    /// The connection failed; `queued` are the outgoing events rumqttc still holds in its event
-    /// queue, to be handed out after the reconnect.
-    pub(crate) fn on_connection_lost<'a>(&self, queued: impl IntoIterator<Item = &'a Outgoing>) {
-        let stale = queued.into_iter().filter_map(|outgoing| match outgoing {
-            Outgoing::Publish(pkid) => Some(StaleEvent::Publish(*pkid)),
-            Outgoing::AwaitAck(pkid) => Some(StaleEvent::AwaitAck(*pkid)),
-            _ => None,
-        });
-        let finished = lock(&self.correlation).on_connection_lost(stale);
-        for (open, result) in finished {
-            self.finish(open, result);
+    /// A CONNACK said the session is gone, and rumqttc dropped its `pending` queue, which held
+    /// `unsent` publishes never written. With `requeue`, the traced event loop has put the
+    /// requests back into `pending` in that order: their spans stay open. Everything else that
+    /// waited ends with `session_lost`.
+    pub(crate) fn on_session_lost(&self, unsent: usize, requeue: Option<&[Resent]>) {
+        let lost = {
+            let mut table = lock(&self.correlation);
+            match requeue {
+                Some(plan) => table.requeue(plan),
+                None => table.on_session_lost(unsent),
+            }
+        };
+        if let Some(plan) = requeue {
+            self.settings
+                .metrics
+                .connection
+                .record_resent(plan.len() as u64, &self.connection_metric_attributes);
+        }
+        for open in lost {
+            self.finish(open, Err(Failure::SessionLost));
         }
     }
 
@@ -782,6 +780,23 @@ macro_rules! eventloop_passthrough {
             pub(crate) fn core(&self) -> &std::sync::Arc<crate::core::Core> {
                 &self.core
             }
+
+            /// Whether publishes rumqttc would drop when the broker forgets the session are put
+            /// back and sent again (default `true`; see [`crate::reconnect`]).
+            pub fn set_resend_after_session_loss(&mut self, resend: bool) -> &mut Self {
+                self.resend_after_session_loss = resend;
+                self
+            }
+
+            /// Waits between failed connection attempts (default: no wait, as rumqttc; see
+            /// [`crate::reconnect`]).
+            pub fn set_reconnect_backoff(
+                &mut self,
+                backoff: Option<crate::reconnect::ReconnectBackoff>,
+            ) -> &mut Self {
+                self.reconnect_backoff = backoff;
+                self
+            }
         }
 
         impl std::fmt::Debug for $eventloop {
@@ -805,10 +820,14 @@ macro_rules! eventloop_passthrough {
 pub(crate) use eventloop_passthrough;
 
 /// `poll` and `poll_traced` of the traced event loops of both MQTT versions: the same steps on
-/// each version's types. The adapter provides `observe(&self, &mut Event, unsent) ->
-/// Option<Delivery>` (publish signals and receive spans) and `error_type(&ConnectionError)`.
+/// each version's types. The adapter provides `observe(&self, &mut Event) -> Option<Delivery>`
+/// (publish signals and receive spans) and `error_type(&ConnectionError)`.
+///
+/// A new connection is detected from its CONNACK. rumqttc 3.1.1 returns the CONNACK from the
+/// poll that connects; rumqttc 5 queues it behind events left from the previous connection, so it
+/// is looked for in the event queue too (the newest one there is this connection's).
 macro_rules! traced_poll {
-    ($eventloop:ident, $event:ident, $packet:path, $pingresp:pat, $request:path, $error:ty) => {
+    ($eventloop:ident, $event:ident, $packet:path, $pingresp:pat, $request:path, $publish:ty, $error:ty) => {
         impl $eventloop {
             /// Like rumqttc's `EventLoop::poll`: the same events and errors, in the same order
             /// (for MQTT 3.1.1, an incoming envelope is stripped from the payload).
@@ -824,47 +843,211 @@ macro_rules! traced_poll {
             ) -> Result<($event, Option<crate::Delivery>), $error> {
                 use $packet as Packet;
                 use $request as Request;
-                // rumqttc drops `pending` when the CONNACK of this attempt has no session; count
-                // the publishes in it that were never written.
-                let unsent = if self.connection.is_connected() {
-                    0
-                } else {
-                    self.inner
+                let connecting = !self.connection.is_connected();
+                if connecting
+                    && let Some(backoff) = &self.reconnect_backoff
+                    && let Some(failures) = self.connection.failed_attempts()
+                {
+                    tokio::time::sleep(backoff.delay(failures)).await;
+                }
+                // rumqttc drops `pending` when the CONNACK of this attempt has no session; keep
+                // what it holds, and count the publishes in it that were never written.
+                let (unsent, snapshot) = if connecting {
+                    let unsent = self
+                        .inner
                         .pending
                         .iter()
                         .filter(|request| matches!(request, Request::Publish(p) if p.pkid == 0))
-                        .count()
+                        .count();
+                    let snapshot = self
+                        .resend_after_session_loss
+                        .then(|| self.inner.pending.clone());
+                    (unsent, snapshot)
+                } else {
+                    (0, None)
                 };
+                if !connecting {
+                    self.feed_held();
+                }
                 let result = self.inner.poll().await;
                 self.core.after_poll(
                     u64::from(self.inner.state.inflight()),
                     self.inner.pending.len() as u64,
                 );
-                match result {
-                    Ok(mut event) => {
-                        match &event {
-                            $event::Incoming(Packet::ConnAck(_)) => {
-                                self.connection.on_connack(&self.core)
-                            }
-                            $event::Incoming($pingresp) => self.connection.on_pingresp(&self.core),
-                            $event::Outgoing(outgoing) => {
-                                self.connection.on_outgoing(&self.core, outgoing)
-                            }
-                            _ => {}
-                        }
-                        let delivery = self.observe(&mut event, unsent);
-                        Ok((event, delivery))
-                    }
+                let mut event = match result {
+                    Ok(event) => event,
                     Err(error) => {
+                        if let Some(snapshot) = snapshot
+                            && self.inner.pending.is_empty()
+                        {
+                            // A refused CONNACK without session: rumqttc cleared `pending`, but
+                            // no session started; keep everything for the next attempt.
+                            self.inner.pending = snapshot;
+                        }
+                        self.hold_unsent();
                         self.connection.on_error(&self.core, error_type(&error));
-                        self.core.on_connection_lost(self.inner.state.events.iter().filter_map(
-                            |event| match event {
-                                $event::Outgoing(outgoing) => Some(outgoing),
-                                $event::Incoming(_) => None,
-                            },
-                        ));
-                        Err(error)
+                        self.core.on_connection_lost(
+                            self.inner.state.events.iter().filter_map(signal_of),
+                        );
+                        return Err(error);
                     }
+                };
+                if connecting {
+                    let session_present = self
+                        .inner
+                        .state
+                        .events
+                        .iter()
+                        .rev()
+                        .chain(std::iter::once(&event))
+                        .find_map(|queued| match queued {
+                            $event::Incoming(Packet::ConnAck(connack)) => {
+                                Some((connack.session_present, receive_maximum(connack)))
+                            }
+                            _ => None,
+                        });
+                    if let Some((session_present, receive_maximum)) = session_present {
+                        self.receive_maximum = receive_maximum;
+                        self.connection.on_connack(&self.core);
+                        if !session_present {
+                            self.session_lost(unsent, snapshot);
+                        }
+                    }
+                }
+                match &event {
+                    $event::Incoming($pingresp) => self.connection.on_pingresp(&self.core),
+                    $event::Outgoing(outgoing) => self.connection.on_outgoing(&self.core, outgoing),
+                    _ => {}
+                }
+                let delivery = self.observe(&mut event);
+                Ok((event, delivery))
+            }
+
+            /// The broker answered without a session and rumqttc cleared `pending`, which
+            /// `snapshot` holds when resending is on: put its requests back (publishes with
+            /// fresh packet ids), with the publish rumqttc parked on a collision, which it would
+            /// otherwise wait for forever.
+            fn session_lost(&mut self, unsent: usize, snapshot: Option<std::collections::VecDeque<$request>>) {
+                use crate::core::correlation::Resent;
+                use $request as Request;
+                let mut collision = self.inner.state.collision.take();
+                let Some(snapshot) = snapshot else {
+                    self.core.on_session_lost(unsent, None);
+                    return;
+                };
+                let mut plan = Vec::with_capacity(snapshot.len() + 1);
+                let mut fresh = std::collections::VecDeque::with_capacity(snapshot.len() + 1);
+                for request in snapshot {
+                    match request {
+                        Request::Publish(mut publish) => {
+                            // The parked publish was taken from the channel before the requests
+                            // still in it.
+                            if publish.pkid == 0
+                                && let Some(parked) = collision.take()
+                            {
+                                fresh.push_back(Self::fresh(parked));
+                                plan.push(Resent::Collision);
+                            }
+                            plan.push(match publish.pkid {
+                                0 => Resent::Unsent,
+                                pkid => Resent::Inflight(pkid),
+                            });
+                            publish.pkid = 0;
+                            fresh.push_back(Self::fresh(publish));
+                        }
+                        // Acknowledgements and pings of the session that is gone.
+                        Request::PubAck(_)
+                        | Request::PubRec(_)
+                        | Request::PubComp(_)
+                        | Request::PubRel(_)
+                        | Request::PingReq { .. }
+                        | Request::PingResp { .. }
+                        | Request::SubAck(_)
+                        | Request::UnsubAck(_) => {}
+                        other => fresh.push_back(other),
+                    }
+                }
+                if let Some(parked) = collision {
+                    fresh.push_back(Self::fresh(parked));
+                    plan.push(Resent::Collision);
+                }
+                // They go before what is already held: they were handed over earlier.
+                fresh.extend(self.held.drain(..));
+                self.held = fresh;
+                self.core.on_session_lost(unsent, Some(&plan));
+            }
+
+            /// A publish to be sent as a new one: no packet id, no DUP flag.
+            fn fresh(mut publish: $publish) -> $request {
+                use $request as Request;
+                publish.pkid = 0;
+                publish.dup = false;
+                Request::Publish(publish)
+            }
+
+            /// Whether `request` is a publish that takes a packet id when rumqttc sends it.
+            fn takes_pkid(request: &$request) -> bool {
+                use $request as Request;
+                matches!(request, Request::Publish(publish) if publish.pkid == 0)
+            }
+
+            /// After a connection error rumqttc holds, in `pending`, the requests that were still
+            /// in its channel. It would send them all at once after the reconnect, ignoring its
+            /// in-flight limit, so that new packet ids collide with ones still in use, and it
+            /// keeps only the last of several colliding publishes: the others are lost. They are
+            /// taken out here, in order, and fed back one by one by [`Self::feed_held`].
+            fn hold_unsent(&mut self) {
+                use $request as Request;
+                let mut pending = std::mem::take(&mut self.inner.pending);
+                // The publish fed back before this poll, if rumqttc did not get to it, is older
+                // than everything held.
+                let fed = self.fed.take();
+                let mut older = Vec::new();
+                if let (Some(fed), Some(Request::Publish(publish))) = (&fed, pending.front())
+                    && publish.pkid == 0
+                    && publish.payload.as_ptr() == fed.as_ptr()
+                    && publish.payload.len() == fed.len()
+                {
+                    older.extend(pending.pop_front());
+                }
+                let mut unsent = Vec::new();
+                for request in pending {
+                    match request {
+                        // Replays of written publishes and releases keep their packet ids:
+                        // rumqttc's own replay handles them.
+                        Request::Publish(publish) if publish.pkid != 0 => {
+                            self.inner.pending.push_back(Request::Publish(publish))
+                        }
+                        Request::PubRel(release) => {
+                            self.inner.pending.push_back(Request::PubRel(release))
+                        }
+                        other => unsent.push(other),
+                    }
+                }
+                let held = std::mem::take(&mut self.held);
+                self.held = older.into_iter().chain(held).chain(unsent).collect();
+            }
+
+            /// Feeds held requests back to rumqttc: at most one publish that needs a packet id at
+            /// a time, and only while the in-flight window has room and no publish is parked on a
+            /// collision, so that rumqttc never collides twice.
+            fn feed_held(&mut self) {
+                use $request as Request;
+                while let Some(front) = self.held.front() {
+                    if Self::takes_pkid(front)
+                        && (self.inner.pending.iter().any(Self::takes_pkid)
+                            || self.inner.state.collision.is_some()
+                            || self.inner.state.inflight() >= self.inflight_window())
+                    {
+                        break;
+                    }
+                    let Some(request) = self.held.pop_front() else {
+                        break;
+                    };
+                    if let Request::Publish(publish) = &request {
+                        self.fed = Some(publish.payload.clone());
+                    }
+                    self.inner.pending.push_back(request);
                 }
             }
         }
@@ -875,7 +1058,7 @@ pub(crate) use traced_poll;
 /// The `TracedClient` / `TracedEventLoop` pair of one MQTT version: the two structs, their
 /// constructors and `inner()`. `$attributes` builds the connection attributes from the options.
 macro_rules! traced_pair {
-    ($rumqttc:literal, $client:ty, $eventloop:ty, $options:ty, $attributes:path) => {
+    ($rumqttc:literal, $client:ty, $eventloop:ty, $options:ty, $request:ty, $attributes:path) => {
         #[doc = concat!("A traced `", $rumqttc, "::AsyncClient`: every method of it, with the same")]
         /// signature and error type, plus a PRODUCER span per publish.
         ///
@@ -898,6 +1081,17 @@ macro_rules! traced_pair {
             core: std::sync::Arc<crate::core::Core>,
             /// Connection state for the health metrics, and whether the next poll connects.
             connection: crate::core::connection::ConnectionTracker,
+            /// Put requests back after a session loss (on by default).
+            resend_after_session_loss: bool,
+            /// Wait between failed connection attempts (off by default).
+            reconnect_backoff: Option<crate::reconnect::ReconnectBackoff>,
+            /// Requests taken out of rumqttc's `pending` after a connection error, fed back
+            /// within the in-flight window (see `traced_poll!`).
+            held: std::collections::VecDeque<$request>,
+            /// The payload of the publish last fed back, to recognise it in `pending`.
+            fed: Option<bytes::Bytes>,
+            /// The broker's Receive Maximum from the last CONNACK (MQTT 5).
+            receive_maximum: Option<u16>,
         }
 
         impl TracedClient {
@@ -926,6 +1120,11 @@ macro_rules! traced_pair {
                         inner: eventloop,
                         core,
                         connection: crate::core::connection::ConnectionTracker::default(),
+                        resend_after_session_loss: true,
+                        reconnect_backoff: None,
+                        held: std::collections::VecDeque::new(),
+                        fed: None,
+                        receive_maximum: None,
                     },
                 )
             }

@@ -26,8 +26,9 @@ pub(crate) fn unique<'a>(mut values: impl Iterator<Item = &'a str>) -> Option<&'
 ///
 /// Properties the application set are kept, in their order; a field the propagator writes
 /// replaces any property of the same name (so a forwarded message never carries two
-/// `traceparent`s), and is appended after them. Empty values (the SDK's propagator writes an
-/// empty `tracestate`) and values longer than [`MAX_PROPAGATION_VALUE_LEN`] are not written.
+/// `traceparent`s, nor the upstream `tracestate` next to a new `traceparent`), and is appended
+/// after them. Empty values (the SDK's propagator writes an empty `tracestate`) and values longer
+/// than [`MAX_PROPAGATION_VALUE_LEN`] are not written, but still remove a property of that name.
 ///
 /// ```
 /// use opentelemetry::propagation::Injector;
@@ -54,11 +55,12 @@ impl<'a> UserPropertiesInjector<'a> {
 
 impl Injector for UserPropertiesInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        if value.is_empty() || value.len() > MAX_PROPAGATION_VALUE_LEN {
-            return;
-        }
+        // A stale value of a forwarded message goes even when there is nothing to replace it.
         if self.properties.iter().any(|(name, _)| name == key) {
             self.properties.retain(|(name, _)| name != key);
+        }
+        if value.is_empty() || value.len() > MAX_PROPAGATION_VALUE_LEN {
+            return;
         }
         self.properties.push((key.to_owned(), value));
     }

@@ -220,18 +220,18 @@ impl W3CPropagator {
     ) {
         if span_context.is_valid() {
             injector.set(TRACEPARENT, format_traceparent(span_context));
+            // Always set, empty when there is none: the carrier of a forwarded message must not
+            // keep the upstream `tracestate` next to the new `traceparent`.
             let trace_state = span_context.trace_state();
-            if *trace_state != TraceState::NONE {
-                let header = trace_state.header();
-                if !header.is_empty() {
-                    injector.set(TRACESTATE, header);
-                }
-            }
+            let header = if *trace_state == TraceState::NONE {
+                String::new()
+            } else {
+                trace_state.header()
+            };
+            injector.set(TRACESTATE, header);
         }
-        if self.baggage
-            && let Some(value) = baggage::encode(baggage_from)
-        {
-            injector.set(BAGGAGE, value);
+        if self.baggage {
+            injector.set(BAGGAGE, baggage::encode(baggage_from).unwrap_or_default());
         }
     }
 }

@@ -3,5 +3,6 @@
 
 pub mod broker;
 pub mod telemetry;
+pub mod traced;
 
 pub use broker::{Broker, BrokerBuilder, MosquittoSub, SubOutput, unique_client_id};

@@ -1,0 +1,411 @@
+//! The routes of a subscriber and the worker task that runs their handlers: one message at a
+//! time, in arrival order, each handler inside its `process` span and in a task of its own (so a
+//! panic is caught), then the acknowledgement.
+
+use std::any::Any;
+use std::fmt::Display;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use opentelemetry::Context;
+use opentelemetry::trace::{FutureExt as _, TraceContextExt as _};
+use tokio::sync::{mpsc, watch};
+
+use super::driver::Shared;
+use super::{AckPolicy, Protocol, PublishView};
+use crate::Error;
+use crate::core::{Core, Delivery, Processing};
+use crate::semconv::MessageFacts;
+use crate::topic::TopicFilterSet;
+
+/// `error.type` of a handler that panicked.
+pub(crate) const PANIC: &str = "panic";
+/// `error.type` of a QoS 0 message shed because the handlers were too far behind.
+pub(crate) const QUEUE_FULL: &str = "queue_full";
+/// `error.type` of a handler run cancelled by the runtime (it is shutting down).
+pub(crate) const CANCELLED: &str = "cancelled";
+
+/// How a handler failed, ready for the `process` span.
+#[derive(Debug)]
+pub(crate) struct HandlerFailure {
+    error_type: &'static str,
+    message: String,
+}
+
+impl HandlerFailure {
+    /// A handler error of type `E`: `error.type` is the type's name.
+    pub(crate) fn new<E: Display>(error: &E) -> Self {
+        Self {
+            error_type: std::any::type_name::<E>(),
+            message: error.to_string(),
+        }
+    }
+}
+
+/// The boxed future of one handler run.
+pub(crate) type HandlerFuture =
+    Pin<Box<dyn Future<Output = Result<(), HandlerFailure>> + Send + 'static>>;
+
+/// A handler, type-erased.
+pub(crate) type Handler<P> = Arc<dyn Fn(Incoming<P>) -> HandlerFuture + Send + Sync + 'static>;
+
+/// What a handler is given: the message, the route it runs for, and the receive record.
+pub(crate) struct Incoming<P: Protocol> {
+    pub(crate) publish: P::Publish,
+    pub(crate) route: Arc<str>,
+    pub(crate) delivery: Delivery,
+}
+
+/// One registered route, as the connection task sees it (its handler lives in the worker only,
+/// so that a handler holding a handle of the connection cannot keep the connection task alive).
+pub(crate) struct Route<P: Protocol> {
+    /// The filter as registered (and subscribed), `$share/{group}/` prefix included.
+    pub(crate) filter: Arc<str>,
+    pub(crate) qos: P::QoS,
+}
+
+/// The routes of a subscriber, in registration order, with a trie over their filters.
+pub(crate) struct RouteTable<P: Protocol> {
+    routes: Vec<Route<P>>,
+    /// Filter -> index into `routes`.
+    set: TopicFilterSet<usize>,
+}
+
+/// The handlers of the routes, by route index.
+pub(crate) type Handlers<P> = Vec<Handler<P>>;
+
+impl<P: Protocol> RouteTable<P> {
+    pub(crate) fn new() -> Self {
+        Self {
+            routes: Vec::new(),
+            set: TopicFilterSet::new(),
+        }
+    }
+
+    /// Adds a route with its handler (a filter registered again gets the new QoS and
+    /// handler).
+    pub(crate) fn insert(
+        &mut self,
+        handlers: &mut Handlers<P>,
+        filter: &str,
+        qos: P::QoS,
+        handler: Handler<P>,
+    ) -> Result<(), Error> {
+        let route = Route {
+            filter: Arc::from(filter),
+            qos,
+        };
+        if let Some(&index) = self.set.get(filter)
+            && let (Some(slot), Some(handler_slot)) =
+                (self.routes.get_mut(index), handlers.get_mut(index))
+        {
+            *slot = route;
+            *handler_slot = handler;
+            return Ok(());
+        }
+        self.set.insert(filter, self.routes.len())?;
+        self.routes.push(route);
+        handlers.push(handler);
+        Ok(())
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    pub(crate) fn get(&self, index: usize) -> Option<&Route<P>> {
+        self.routes.get(index)
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (usize, &Route<P>)> {
+        self.routes.iter().enumerate()
+    }
+
+    /// The MQTT 5 subscription identifier of the route at `index` (identifiers start at 1).
+    pub(crate) fn subscription_id(index: usize) -> usize {
+        index + 1
+    }
+
+    /// The routes a copy tagged with these subscription identifiers was delivered for, in
+    /// registration order. Identifiers of subscriptions that are not routes are ignored, and so
+    /// is a route whose filter does not match `topic`: a message queued in a persistent session
+    /// before the routes changed carries the identifiers of the old subscriptions.
+    pub(crate) fn by_ids(&self, ids: &[usize], topic: &str) -> Vec<usize> {
+        let mut routes: Vec<usize> = ids
+            .iter()
+            .filter_map(|id| id.checked_sub(1))
+            .filter(|&index| {
+                self.routes
+                    .get(index)
+                    .is_some_and(|route| crate::topic::matches(topic, &route.filter))
+            })
+            .collect();
+        routes.sort_unstable();
+        routes.dedup();
+        routes
+    }
+
+    /// The routes whose filter matches `topic`, in registration order.
+    pub(crate) fn by_topic(&self, topic: &str) -> Vec<usize> {
+        let mut routes: Vec<usize> = self.set.matches(topic).copied().collect();
+        routes.sort_unstable();
+        routes
+    }
+
+    /// The filters of the routes matching `topic`, in registration order.
+    pub(crate) fn filters_for(&self, topic: &str) -> Vec<&str> {
+        self.by_topic(topic)
+            .into_iter()
+            .filter_map(|index| self.routes.get(index))
+            .map(|route| &*route.filter)
+            .collect()
+    }
+}
+
+/// One message for the worker.
+pub(crate) struct Work<P: Protocol> {
+    pub(crate) publish: P::Publish,
+    pub(crate) delivery: Option<Delivery>,
+    /// Indices of the routes to run, in order (none: acknowledge only).
+    pub(crate) routes: Vec<usize>,
+    /// The connection the message arrived on.
+    pub(crate) epoch: u64,
+}
+
+/// Starts the `process` span of `filter` for a message. The receive span is the ambient
+/// context: the process span's parent in [`crate::ParentMode::Link`] mode or when the message
+/// carried no context, a link otherwise.
+fn start_process(
+    core: &Core,
+    delivery: &Delivery,
+    filter: &str,
+    view: &PublishView<'_>,
+) -> Processing {
+    let facts = MessageFacts::new(&view.topic, view.qos)
+        .with_retained(view.retain)
+        .with_duplicate(view.dup)
+        .with_packet_id(Some(view.pkid))
+        .with_sizes(Some(view.body_size), None);
+    let _ambient = Context::new()
+        .with_remote_span_context(delivery.receive_span_context().clone())
+        .attach();
+    core.start_process(delivery, filter, facts)
+}
+
+/// Records a QoS 0 message that is not processed because `capacity` messages are already
+/// waiting: a `process` span (and process-duration measurement) with `error.type = queue_full`.
+pub(crate) fn shed(
+    core: &Core,
+    delivery: &Delivery,
+    filter: &str,
+    view: &PublishView<'_>,
+    capacity: usize,
+) {
+    let processing = start_process(core, delivery, filter, view);
+    let message = format!("not processed: {capacity} messages were already waiting");
+    core.end_process(processing, Some((QUEUE_FULL, &message)));
+}
+
+/// Aborts a handler task when its run is abandoned (the worker is aborted).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The text of a panic payload.
+fn panic_message(payload: Box<dyn Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(message) => *message,
+        Err(payload) => match payload.downcast_ref::<&'static str>() {
+            Some(message) => (*message).to_owned(),
+            None => "the handler panicked".to_owned(),
+        },
+    }
+}
+
+/// Runs one handler on one message inside its `process` span; `true` when it returned `Ok`.
+async fn run<P: Protocol>(
+    core: &Core,
+    route: &Route<P>,
+    handler: &Handler<P>,
+    publish: &P::Publish,
+    delivery: &Delivery,
+) -> bool {
+    let processing = start_process(core, delivery, &route.filter, &P::view(publish));
+    let incoming = Incoming {
+        publish: publish.clone(),
+        route: Arc::clone(&route.filter),
+        delivery: delivery.clone(),
+    };
+    let handler = Arc::clone(handler);
+    // A task of its own, so that a panic ends this run only. The handler is called inside the
+    // task, so a panic before its first await is caught too; the process context is current
+    // whenever the task runs.
+    let task = tokio::spawn(
+        async move { handler(incoming).await }.with_context(processing.context.clone()),
+    );
+    let _abort = AbortOnDrop(task.abort_handle());
+    match task.await {
+        Ok(Ok(())) => {
+            core.end_process(processing, None);
+            true
+        }
+        Ok(Err(failure)) => {
+            core.end_process(
+                processing,
+                Some((failure.error_type, &failure.message as &dyn Display)),
+            );
+            false
+        }
+        Err(error) if error.is_panic() => {
+            let message = panic_message(error.into_panic());
+            core.end_process(processing, Some((PANIC, &message as &dyn Display)));
+            false
+        }
+        Err(_) => {
+            core.end_process(
+                processing,
+                Some((CANCELLED, &"the handler task was cancelled" as &dyn Display)),
+            );
+            false
+        }
+    }
+}
+
+/// The worker: takes messages in arrival order, runs their routes' handlers one after the
+/// other, and acknowledges by `policy`. On `drain`, it stops taking new messages, processes those
+/// already queued, and ends.
+pub(crate) async fn work<P: Protocol>(
+    mut queue: mpsc::UnboundedReceiver<Work<P>>,
+    mut drain: watch::Receiver<bool>,
+    table: Arc<RouteTable<P>>,
+    handlers: Handlers<P>,
+    client: P::Client,
+    policy: AckPolicy,
+    shared: Arc<Shared>,
+) {
+    let core = Arc::clone(P::core(&client));
+    let mut draining = false;
+    loop {
+        let work = tokio::select! {
+            biased;
+            work = queue.recv() => work,
+            changed = drain.wait_for(|drain| *drain), if !draining => {
+                drop(changed);
+                draining = true;
+                // No new message gets in; those already queued are still received.
+                queue.close();
+                continue;
+            }
+        };
+        let Some(work) = work else { break };
+        shared.queued.fetch_sub(1, Ordering::AcqRel);
+        let mut succeeded = true;
+        if let Some(delivery) = &work.delivery {
+            for &index in &work.routes {
+                if let (Some(route), Some(handler)) = (table.get(index), handlers.get(index)) {
+                    succeeded &= run::<P>(&core, route, handler, &work.publish, delivery).await;
+                }
+            }
+        }
+        let acknowledge = match policy {
+            AckPolicy::AfterHandler => true,
+            AckPolicy::AfterSuccess => succeeded,
+        };
+        // Only on the connection the message came on (see `AckPolicy`).
+        if acknowledge && work.epoch == shared.epoch() {
+            // `false`: the event loop is gone, and the message with it.
+            let _ = P::ack(&client, &work.publish).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::roles::v4::V4;
+    use crate::roles::v5::V5;
+
+    fn handler<P: Protocol>() -> Handler<P> {
+        Arc::new(|_| Box::pin(async { Ok(()) }))
+    }
+
+    fn table() -> RouteTable<V5> {
+        let (mut table, mut handlers) = (RouteTable::new(), Vec::new());
+        let qos = rumqttc::v5::mqttbytes::QoS::AtLeastOnce;
+        for filter in [
+            "home/+/temperature",
+            "home/#",
+            "$share/g/home/#",
+            "office/#",
+        ] {
+            table
+                .insert(&mut handlers, filter, qos, handler())
+                .expect("valid filter");
+        }
+        assert_eq!(handlers.len(), 4);
+        table
+    }
+
+    #[test]
+    fn by_topic_is_every_matching_route_in_registration_order() {
+        let table = table();
+        assert_eq!(table.by_topic("home/kitchen/temperature"), [0, 1, 2]);
+        assert_eq!(table.by_topic("home"), [1, 2]);
+        assert_eq!(table.by_topic("office"), [3]);
+        assert!(table.by_topic("$SYS/x").is_empty());
+        assert_eq!(table.filters_for("home/x"), ["home/#", "$share/g/home/#"]);
+    }
+
+    #[test]
+    fn by_ids_keeps_known_matching_routes_once_in_order() {
+        let table = table();
+        assert_eq!(RouteTable::<V5>::subscription_id(0), 1);
+        assert_eq!(table.by_ids(&[3, 1], "home/kitchen/temperature"), [0, 2]);
+        assert_eq!(table.by_ids(&[2, 2], "home"), [1]);
+        // Not a route (0 is no valid identifier, 9 is beyond the routes).
+        assert!(table.by_ids(&[0, 9], "home").is_empty());
+        // A stale identifier: route 4 is `office/#`, which does not match.
+        assert!(table.by_ids(&[4], "home/x").is_empty());
+        assert!(table.by_ids(&[], "home/x").is_empty());
+    }
+
+    #[test]
+    fn registering_a_filter_again_replaces_its_route() {
+        let (mut table, mut handlers) = (RouteTable::<V4>::new(), Vec::new());
+        table
+            .insert(&mut handlers, "a/#", rumqttc::QoS::AtMostOnce, handler())
+            .expect("valid");
+        table
+            .insert(&mut handlers, "a/#", rumqttc::QoS::ExactlyOnce, handler())
+            .expect("valid");
+        assert_eq!(table.iter().count(), 1);
+        assert_eq!(handlers.len(), 1);
+        assert_eq!(
+            table.get(0).map(|route| route.qos),
+            Some(rumqttc::QoS::ExactlyOnce)
+        );
+        assert!(matches!(
+            table.insert(&mut handlers, "a/#/b", rumqttc::QoS::AtMostOnce, handler()),
+            Err(Error::Topic(_))
+        ));
+    }
+
+    #[test]
+    fn panic_payloads_become_messages() {
+        assert_eq!(panic_message(Box::new("static text")), "static text");
+        assert_eq!(panic_message(Box::new(String::from("owned"))), "owned");
+        assert_eq!(panic_message(Box::new(42_u8)), "the handler panicked");
+    }
+
+    #[test]
+    fn a_handler_error_is_named_after_its_type() {
+        let failure = HandlerFailure::new(&std::io::Error::other("disk full"));
+        assert_eq!(failure.error_type, "std::io::error::Error");
+        assert_eq!(failure.message, "disk full");
+    }
+}
