@@ -11,7 +11,7 @@
 //! | `messaging.client.sent.messages` | counter | `{message}` | as above, without `error.type` | once per publish, when the PUBLISH is first written (not when queued, not on a replay) |
 //! | `messaging.client.consumed.messages` | counter | `{message}` | system, `receive`, subscription filter as template, QoS, server address/port, consumer group | once per PUBLISH handed out by the event loop |
 //! | `messaging.process.duration` | histogram | `s` | system, `process`, filter as template, QoS, server address/port, consumer group, `error.type` on failure | when a subscriber's handler returns |
-//! | `mqtt.client.message.body.size` | histogram | `By` | system, operation name/type, template, server address/port | per publish sent and per message received |
+//! | `mqtt.client.message.body.size` | histogram | `By` | system, operation name/type, template, server address/port | per publish sent and per message received, only with [`crate::InstrumentationBuilder::record_sizes`] (it is not a semconv metric, and costs a measurement per message) |
 //! | `mqtt.client.connection.attempts` | counter | `{attempt}` | server address/port, `error.type` when the attempt failed | per connection attempt (each poll of a disconnected event loop) |
 //! | `mqtt.client.reconnects` | counter | `{reconnect}` | server address/port | per successful connection after the first |
 //! | `mqtt.client.connection.duration` | histogram | `s` | server address/port, `error.type` when the connection broke | when a connection ends |
@@ -128,9 +128,13 @@ impl MqttPublisherMetrics {
             .record(duration.as_secs_f64(), &with_error(attributes, error_type));
     }
 
-    /// Records a message written to the network, with its payload size.
-    pub fn record_sent(&self, body_size: usize, attributes: &[KeyValue]) {
+    /// Records a message written to the network.
+    pub fn record_sent(&self, attributes: &[KeyValue]) {
         self.sent_messages.add(1, attributes);
+    }
+
+    /// Records the payload size of a message sent (`mqtt.client.message.body.size`).
+    pub fn record_body_size(&self, body_size: usize, attributes: &[KeyValue]) {
         self.body_size.record(body_size as u64, attributes);
     }
 }
@@ -161,9 +165,13 @@ impl MqttSubscriberMetrics {
         }
     }
 
-    /// Records a delivered message with its payload size.
-    pub fn record_consumed(&self, body_size: usize, attributes: &[KeyValue]) {
+    /// Records a delivered message.
+    pub fn record_consumed(&self, attributes: &[KeyValue]) {
         self.consumed_messages.add(1, attributes);
+    }
+
+    /// Records the payload size of a message received (`mqtt.client.message.body.size`).
+    pub fn record_body_size(&self, body_size: usize, attributes: &[KeyValue]) {
         self.body_size.record(body_size as u64, attributes);
     }
 

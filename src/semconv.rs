@@ -379,7 +379,7 @@ impl ConnectionAttributes {
     /// destination template and consumer group only when known, the opt-in sizes only when the
     /// facts carry them.
     pub fn span_attributes(&self, operation: Operation, facts: &MessageFacts<'_>) -> Vec<KeyValue> {
-        let mut attributes = Vec::with_capacity(17);
+        let mut attributes = Vec::with_capacity(15);
         self.push_common(&mut attributes, operation, facts);
         attributes.push(KeyValue::new(
             MESSAGING_DESTINATION_NAME,

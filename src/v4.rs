@@ -71,12 +71,12 @@ impl TracedClient {
             V3Propagation::Envelope => {
                 let mut headers = Vec::with_capacity(3);
                 self.core
-                    .inject(&cx, &mut UserPropertiesInjector::new(&mut headers));
+                    .inject(&open, &cx, &mut UserPropertiesInjector::new(&mut headers));
                 envelope::encode(&headers, &payload).map_err(crate::Error::from)
             }
             V3Propagation::JsonFields => {
                 let mut injector = JsonFieldsInjector::new();
-                self.core.inject(&cx, &mut injector);
+                self.core.inject(&open, &cx, &mut injector);
                 injector.apply(&payload).map_err(crate::Error::from)
             }
         };

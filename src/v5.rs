@@ -107,6 +107,7 @@ impl TracedClient {
         let had_properties = properties.is_some();
         let mut properties = properties.unwrap_or_default();
         self.core.inject(
+            &open,
             &cx,
             &mut UserPropertiesInjector::new(&mut properties.user_properties),
         );

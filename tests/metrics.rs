@@ -421,11 +421,12 @@ fn metric_structs_can_be_driven_by_hand() {
     let meter = reader.provider.meter("by-hand");
     let attributes = [KeyValue::new("messaging.system", "mqtt")];
     let publisher = MqttPublisherMetrics::new(&meter);
-    publisher.record_sent(12, &attributes);
+    publisher.record_sent(&attributes);
+    publisher.record_body_size(12, &attributes);
     publisher.record_publish(Duration::from_millis(3), &attributes, None);
     publisher.record_publish(Duration::from_millis(4), &attributes, Some("ack_timeout"));
     let subscriber = MqttSubscriberMetrics::new(&meter);
-    subscriber.record_consumed(12, &attributes);
+    subscriber.record_consumed(&attributes);
     subscriber.record_process(Duration::from_millis(2), &attributes, None);
     let connection = MqttConnectionMetrics::new(&meter);
     connection.record_reconnection(&attributes);

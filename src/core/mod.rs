@@ -5,6 +5,7 @@
 pub(crate) mod connection;
 pub(crate) mod correlation;
 
+use std::collections::HashMap;
 use std::fmt::Display;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
@@ -39,7 +40,7 @@ pub(crate) struct OpenPublish {
     body_size: usize,
     /// Whether the PUBLISH was written (counted in `messaging.client.sent.messages`).
     written: bool,
-    metric_attributes: Vec<KeyValue>,
+    metric_attributes: Arc<[KeyValue]>,
     /// Told how the publish ended, for callers that wait for the acknowledgement.
     outcome: Option<oneshot::Sender<Result<(), &'static str>>>,
 }
@@ -123,7 +124,7 @@ impl Delivery {
 pub(crate) struct Processing {
     pub(crate) context: Context,
     started: Instant,
-    metric_attributes: Vec<KeyValue>,
+    metric_attributes: Arc<[KeyValue]>,
 }
 
 /// The state a traced client and its event loop share.
@@ -139,7 +140,16 @@ pub(crate) struct Core {
     send_lock: tokio::sync::Mutex<()>,
     /// The filters subscribed through the traced client, for receive span names.
     subscriptions: RwLock<TopicFilterSet<Arc<str>>>,
+    /// Metric attribute sets by operation, QoS and template or subscription (bounded by the
+    /// configured templates and the subscriptions; unused with raw topics in metrics).
+    metric_cache: RwLock<HashMap<MetricKey, Arc<[KeyValue]>>>,
+    /// When the core was made, and when (in ms since) the next overdue-ack sweep is due.
+    created: Instant,
+    next_sweep: std::sync::atomic::AtomicU64,
 }
+
+/// What a cached metric attribute set depends on.
+type MetricKey = (Operation, MqttQoS, Option<Arc<str>>);
 
 impl std::fmt::Debug for Core {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -201,6 +211,9 @@ impl Core {
             correlation: Mutex::new(Correlation::default()),
             send_lock: tokio::sync::Mutex::new(()),
             subscriptions: RwLock::new(TopicFilterSet::new()),
+            metric_cache: RwLock::new(HashMap::new()),
+            created: Instant::now(),
+            next_sweep: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -243,12 +256,8 @@ impl Core {
             .with_kind(Operation::Publish.span_kind())
             .with_attributes(self.attributes(Operation::Publish, &facts))
             .start_with_context(tracer, &parent);
-        let inject_cx = parent.with_remote_span_context(span.span_context().clone());
-        let metric_attributes = self.connection.metric_attributes(
-            Operation::Publish,
-            &facts,
-            self.settings.metric_topics,
-        );
+        let metric_attributes =
+            self.metric_attributes(Operation::Publish, &facts, template.cloned());
         let open = OpenPublish {
             span,
             pkid: None,
@@ -258,16 +267,53 @@ impl Core {
             metric_attributes,
             outcome: None,
         };
-        (open, inject_cx)
+        (open, parent)
     }
 
-    /// Writes the propagation fields of `cx` through `injector`.
-    pub(crate) fn inject(&self, cx: &Context, injector: &mut dyn Injector) {
+    /// The metric attributes of an operation on a message. Without raw topics they depend only
+    /// on the operation, the QoS and the destination template (or subscription), so each set is
+    /// built once per connection and shared.
+    fn metric_attributes(
+        &self,
+        operation: Operation,
+        facts: &MessageFacts<'_>,
+        key: Option<Arc<str>>,
+    ) -> Arc<[KeyValue]> {
+        let build = || -> Arc<[KeyValue]> {
+            self.connection
+                .metric_attributes(operation, facts, self.settings.metric_topics)
+                .into()
+        };
+        if self.settings.metric_topics {
+            return build();
+        }
+        let key = (operation, facts.qos, key);
+        let cached = self
+            .metric_cache
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+            .cloned();
+        cached.unwrap_or_else(|| {
+            let attributes = build();
+            self.metric_cache
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(key, Arc::clone(&attributes));
+            attributes
+        })
+    }
+
+    /// Writes the propagation fields of an open publish span, with the baggage of `parent`,
+    /// through `injector`.
+    pub(crate) fn inject(&self, open: &OpenPublish, parent: &Context, injector: &mut dyn Injector) {
+        let span_context = open.span.span_context();
         match &self.settings.propagator {
-            Propagator::W3C(propagator) => {
-                propagator.inject_parts(cx.span().span_context(), cx, injector)
-            }
-            Propagator::Custom(propagator) => propagator.inject_context(cx, injector),
+            Propagator::W3C(propagator) => propagator.inject_parts(span_context, parent, injector),
+            Propagator::Custom(propagator) => propagator.inject_context(
+                &parent.with_remote_span_context(span_context.clone()),
+                injector,
+            ),
         }
     }
 
@@ -324,10 +370,11 @@ impl Core {
     fn written(&self, open: &mut OpenPublish) {
         if !open.written {
             open.written = true;
-            self.settings
-                .metrics
-                .publisher
-                .record_sent(open.body_size, &open.metric_attributes);
+            let metrics = &self.settings.metrics.publisher;
+            metrics.record_sent(&open.metric_attributes);
+            if self.settings.record_sizes {
+                metrics.record_body_size(open.body_size, &open.metric_attributes);
+            }
         }
     }
 
@@ -357,15 +404,16 @@ impl Core {
 
     /// Applies one rumqttc event handed out by the event loop to the publish spans.
     pub(crate) fn on_signal(&self, signal: Signal) {
-        let mut finished = Vec::new();
-        {
+        let finished = {
             let mut table = lock(&self.correlation);
-            if !table.skip_stale() {
+            if table.skip_stale() {
+                None
+            } else {
                 let step = table.apply(signal);
-                self.after_step(&mut table, signal, step, &mut finished);
+                self.after_step(&mut table, signal, step)
             }
-        }
-        for (open, result) in finished {
+        };
+        if let Some((open, result)) = finished {
             self.finish(open, result);
         }
     }
@@ -381,7 +429,7 @@ impl Core {
             let already = table.stale_applied();
             for signal in queued.into_iter().skip(already) {
                 let step = table.apply_stale(signal);
-                self.after_step(&mut table, signal, step, &mut finished);
+                finished.extend(self.after_step(&mut table, signal, step));
             }
         }
         for (open, result) in finished {
@@ -396,8 +444,7 @@ impl Core {
         table: &mut Correlation<OpenPublish>,
         signal: Signal,
         step: Step<OpenPublish>,
-        finished: &mut Vec<(OpenPublish, Result<(), Failure>)>,
-    ) {
+    ) -> Option<(OpenPublish, Result<(), Failure>)> {
         match step {
             Step::Pending => {
                 if let Signal::Written(pkid) = signal
@@ -411,7 +458,7 @@ impl Core {
                     self.written(open);
                 }
             }
-            Step::Done(open, result) => finished.push((open, result)),
+            Step::Done(open, result) => return Some((open, result)),
             Step::Replayed(pkid) => {
                 if let Some(open) = table.awaiting_ack_mut(pkid) {
                     open.span
@@ -421,6 +468,7 @@ impl Core {
                 }
             }
         }
+        None
     }
 
     /// Called after every poll of the event loop, whatever it returned: updates the in-flight
@@ -433,7 +481,15 @@ impl Core {
         self.gauges
             .pending
             .store(pending, std::sync::atomic::Ordering::Relaxed);
-        let expired = lock(&self.correlation).expire(Instant::now(), self.settings.ack_timeout);
+        // One look per second: the clock is read here, the table locked only when it is due.
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.created).as_millis() as u64;
+        if elapsed < self.next_sweep.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        self.next_sweep
+            .store(elapsed + 1000, std::sync::atomic::Ordering::Relaxed);
+        let expired = lock(&self.correlation).expire(now, self.settings.ack_timeout);
         for open in expired {
             self.finish(open, Err(Failure::AckTimeout));
         }
@@ -530,11 +586,8 @@ impl Core {
             builder = builder.with_links(vec![Link::with_context(link)]);
         }
         let span = builder.start_with_context(tracer, &parent);
-        let metric_attributes = self.connection.metric_attributes(
-            Operation::Process,
-            &facts,
-            self.settings.metric_topics,
-        );
+        let metric_attributes =
+            self.metric_attributes(Operation::Process, &facts, Some(Arc::from(filter)));
         Processing {
             context: parent.with_span(span),
             started: Instant::now(),
@@ -639,14 +692,13 @@ impl Core {
         }
         let receive = span.span_context().clone();
         span.end();
-        self.settings.metrics.subscriber.record_consumed(
-            publish_body_size(&facts),
-            &self.connection.metric_attributes(
-                Operation::Receive,
-                &facts,
-                self.settings.metric_topics,
-            ),
-        );
+        let metric_attributes =
+            self.metric_attributes(Operation::Receive, &facts, subscription.clone());
+        let metrics = &self.settings.metrics.subscriber;
+        metrics.record_consumed(&metric_attributes);
+        if self.settings.record_sizes {
+            metrics.record_body_size(publish_body_size(&facts), &metric_attributes);
+        }
         Delivery {
             creation,
             receive,
