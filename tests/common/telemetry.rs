@@ -11,6 +11,16 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData, SpanProcessor};
 use rumqttc_opentelemetry::{Instrumentation, InstrumentationBuilder};
 
+/// A span exporter that drops every batch.
+#[derive(Debug)]
+struct Discard;
+
+impl opentelemetry_sdk::trace::SpanExporter for Discard {
+    async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
 /// A tracer provider exporting to memory, and the builder of an instrumentation that uses it.
 pub struct Telemetry {
     pub exporter: InMemorySpanExporter,
@@ -18,6 +28,18 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
+    /// A provider whose spans go through the SDK's batch processor to an exporter that keeps
+    /// nothing (for soak tests: the pipeline runs, memory must not grow). `exporter` stays empty.
+    pub fn discarding() -> Self {
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(Discard)
+            .build();
+        Self {
+            exporter: InMemorySpanExporter::default(),
+            provider,
+        }
+    }
+
     pub fn new() -> Self {
         let exporter = InMemorySpanExporter::default();
         let provider = SdkTracerProvider::builder()
