@@ -72,7 +72,13 @@ pub(crate) fn encode(context: &Context) -> Option<String> {
         out.push('=');
         percent_encode_into(&mut out, value.as_str().trim());
         let metadata = metadata.as_str().trim();
-        if !metadata.is_empty() {
+        // Properties are written as they are, so they must not contain a list separator: a `,`
+        // would start a member of the receiver's baggage that the sender never had.
+        if !metadata.is_empty()
+            && metadata
+                .bytes()
+                .all(|byte| is_plain(byte) || b"=; \t".contains(&byte))
+        {
             out.push(';');
             out.push_str(metadata);
         }
