@@ -23,3 +23,5 @@ fi
 
 cargo test --all-targets
 cargo test --doc
+# The examples (sensor -> gateway -> collector into SQLite) end to end against mosquitto.
+cargo test --features examples --test examples_e2e
