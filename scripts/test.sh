@@ -12,13 +12,16 @@ have_mosquitto() {
         command -v mosquitto_sub >/dev/null 2>&1
 }
 
-if ! have_mosquitto; then
-    echo "scripts/test.sh: installing mosquitto and mosquitto-clients" >&2
+# tests/tls.rs makes its certificates with the openssl command.
+have_openssl() { command -v openssl >/dev/null 2>&1; }
+
+if ! have_mosquitto || ! have_openssl; then
+    echo "scripts/test.sh: installing mosquitto, mosquitto-clients and openssl" >&2
     sudo_cmd=""
     if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
     $sudo_cmd apt-get update
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y --no-install-recommends \
-        mosquitto mosquitto-clients
+        mosquitto mosquitto-clients openssl
 fi
 
 cargo test --all-targets
