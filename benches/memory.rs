@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rumqttc_opentelemetry::{Instrumentation, v4, v5};
 
-use support::{Broker, Telemetry, env_usize, unique};
+use support::{Broker, Ev, Loop, Telemetry, env_usize, unique};
 
 /// Counts live heap bytes and live allocations of the whole process.
 struct Counting;
@@ -131,60 +131,7 @@ enum Client {
     V5T(v5::TracedClient),
 }
 
-enum Loop {
-    V4(rumqttc::EventLoop),
-    V4T(v4::TracedEventLoop),
-    V5(rumqttc::v5::EventLoop),
-    V5T(v5::TracedEventLoop),
-}
-
-/// The events the memory runs count.
-#[derive(PartialEq, Eq)]
-enum Ev {
-    ConnAck,
-    SubAck,
-    OutgoingPublish,
-    PubAck,
-    Publish,
-    Other,
-}
-
-fn ev4(event: rumqttc::Event) -> Ev {
-    use rumqttc::{Event, Outgoing, Packet};
-    match event {
-        Event::Incoming(Packet::ConnAck(_)) => Ev::ConnAck,
-        Event::Incoming(Packet::SubAck(_)) => Ev::SubAck,
-        Event::Incoming(Packet::PubAck(_)) => Ev::PubAck,
-        Event::Incoming(Packet::Publish(_)) => Ev::Publish,
-        Event::Outgoing(Outgoing::Publish(_)) => Ev::OutgoingPublish,
-        _ => Ev::Other,
-    }
-}
-
-fn ev5(event: rumqttc::v5::Event) -> Ev {
-    use rumqttc::Outgoing;
-    use rumqttc::v5::Event;
-    use rumqttc::v5::mqttbytes::v5::Packet;
-    match event {
-        Event::Incoming(Packet::ConnAck(_)) => Ev::ConnAck,
-        Event::Incoming(Packet::SubAck(_)) => Ev::SubAck,
-        Event::Incoming(Packet::PubAck(_)) => Ev::PubAck,
-        Event::Incoming(Packet::Publish(_)) => Ev::Publish,
-        Event::Outgoing(Outgoing::Publish(_)) => Ev::OutgoingPublish,
-        _ => Ev::Other,
-    }
-}
-
 impl Loop {
-    async fn next(&mut self) -> Result<Ev, String> {
-        match self {
-            Loop::V4(el) => el.poll().await.map(ev4).map_err(|e| e.to_string()),
-            Loop::V4T(el) => el.poll().await.map(ev4).map_err(|e| e.to_string()),
-            Loop::V5(el) => el.poll().await.map(ev5).map_err(|e| e.to_string()),
-            Loop::V5T(el) => el.poll().await.map(ev5).map_err(|e| e.to_string()),
-        }
-    }
-
     async fn until_connack(&mut self) {
         loop {
             match tokio::time::timeout(Duration::from_secs(10), self.next()).await {

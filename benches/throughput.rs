@@ -63,7 +63,7 @@ use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use rumqttc_opentelemetry::propagation::envelope;
 use rumqttc_opentelemetry::{Instrumentation, V3Propagation, v4, v5};
 
-use support::{Broker, FIXED_TRACEPARENT, Telemetry, env_list, env_usize, unique};
+use support::{Broker, Ev, FIXED_TRACEPARENT, Loop, Telemetry, env_list, env_usize, unique};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Version {
@@ -142,56 +142,6 @@ impl Variant {
 
     fn applies_to(self, version: Version) -> bool {
         !(self == Variant::RecordingV3None && version == Version::V5)
-    }
-}
-
-/// The events a run cares about, from any of the four event loop types.
-enum Ev {
-    ConnAck,
-    SubAck,
-    PubAck,
-    Publish,
-    Other,
-}
-
-fn ev4(event: rumqttc::Event) -> Ev {
-    use rumqttc::{Event, Packet};
-    match event {
-        Event::Incoming(Packet::ConnAck(_)) => Ev::ConnAck,
-        Event::Incoming(Packet::SubAck(_)) => Ev::SubAck,
-        Event::Incoming(Packet::PubAck(_)) => Ev::PubAck,
-        Event::Incoming(Packet::Publish(_)) => Ev::Publish,
-        _ => Ev::Other,
-    }
-}
-
-fn ev5(event: rumqttc::v5::Event) -> Ev {
-    use rumqttc::v5::Event;
-    use rumqttc::v5::mqttbytes::v5::Packet;
-    match event {
-        Event::Incoming(Packet::ConnAck(_)) => Ev::ConnAck,
-        Event::Incoming(Packet::SubAck(_)) => Ev::SubAck,
-        Event::Incoming(Packet::PubAck(_)) => Ev::PubAck,
-        Event::Incoming(Packet::Publish(_)) => Ev::Publish,
-        _ => Ev::Other,
-    }
-}
-
-enum Loop {
-    V4(rumqttc::EventLoop),
-    V4T(v4::TracedEventLoop),
-    V5(rumqttc::v5::EventLoop),
-    V5T(v5::TracedEventLoop),
-}
-
-impl Loop {
-    async fn next(&mut self) -> Result<Ev, String> {
-        match self {
-            Loop::V4(el) => el.poll().await.map(ev4).map_err(|e| e.to_string()),
-            Loop::V4T(el) => el.poll().await.map(ev4).map_err(|e| e.to_string()),
-            Loop::V5(el) => el.poll().await.map(ev5).map_err(|e| e.to_string()),
-            Loop::V5T(el) => el.poll().await.map(ev5).map_err(|e| e.to_string()),
-        }
     }
 }
 

@@ -385,3 +385,60 @@ pub fn machine() -> String {
 pub fn is_smoke_run() -> bool {
     !std::env::args().any(|arg| arg == "--bench")
 }
+
+/// An event loop of any of the four kinds the benches drive: plain or traced, MQTT 3.1.1 or 5.
+pub enum Loop {
+    V4(rumqttc::EventLoop),
+    V4T(rumqttc_opentelemetry::v4::TracedEventLoop),
+    V5(rumqttc::v5::EventLoop),
+    V5T(rumqttc_opentelemetry::v5::TracedEventLoop),
+}
+
+/// The events the benches count, from any of the four event loop kinds.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ev {
+    ConnAck,
+    SubAck,
+    OutgoingPublish,
+    PubAck,
+    Publish,
+    Other,
+}
+
+fn ev4(event: rumqttc::Event) -> Ev {
+    use rumqttc::{Event, Outgoing, Packet};
+    match event {
+        Event::Incoming(Packet::ConnAck(_)) => Ev::ConnAck,
+        Event::Incoming(Packet::SubAck(_)) => Ev::SubAck,
+        Event::Incoming(Packet::PubAck(_)) => Ev::PubAck,
+        Event::Incoming(Packet::Publish(_)) => Ev::Publish,
+        Event::Outgoing(Outgoing::Publish(_)) => Ev::OutgoingPublish,
+        _ => Ev::Other,
+    }
+}
+
+fn ev5(event: rumqttc::v5::Event) -> Ev {
+    use rumqttc::Outgoing;
+    use rumqttc::v5::Event;
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    match event {
+        Event::Incoming(Packet::ConnAck(_)) => Ev::ConnAck,
+        Event::Incoming(Packet::SubAck(_)) => Ev::SubAck,
+        Event::Incoming(Packet::PubAck(_)) => Ev::PubAck,
+        Event::Incoming(Packet::Publish(_)) => Ev::Publish,
+        Event::Outgoing(Outgoing::Publish(_)) => Ev::OutgoingPublish,
+        _ => Ev::Other,
+    }
+}
+
+impl Loop {
+    /// Polls once and classifies the event.
+    pub async fn next(&mut self) -> Result<Ev, String> {
+        match self {
+            Loop::V4(el) => el.poll().await.map(ev4).map_err(|e| e.to_string()),
+            Loop::V4T(el) => el.poll().await.map(ev4).map_err(|e| e.to_string()),
+            Loop::V5(el) => el.poll().await.map(ev5).map_err(|e| e.to_string()),
+            Loop::V5T(el) => el.poll().await.map(ev5).map_err(|e| e.to_string()),
+        }
+    }
+}
