@@ -22,39 +22,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::telemetry::{SpanLog, Telemetry, assert_success, destination};
+use common::traced::{DEADLINE, wait_until};
 use common::{Broker, unique_client_id};
 use opentelemetry::trace::SpanKind;
 use opentelemetry_sdk::trace::SpanData;
-use tokio::time::timeout;
-
-const DEADLINE: Duration = Duration::from_secs(30);
-
-/// Waits until `condition` holds, looking every 10 ms, at most [`DEADLINE`].
-async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let waited = timeout(DEADLINE, async {
-        while !condition() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    assert!(waited.is_ok(), "timed out waiting for {what}");
-}
-
-/// The ended spans of a kind on `topic`, once there are `n`.
-async fn wait_spans(telemetry: &Telemetry, kind: SpanKind, topic: &str, n: usize) -> Vec<SpanData> {
-    let on_topic = |telemetry: &Telemetry| -> Vec<SpanData> {
-        telemetry
-            .spans_of(kind.clone())
-            .into_iter()
-            .filter(|span| destination(span).as_deref() == Some(topic))
-            .collect()
-    };
-    eventually(&format!("{n} {kind:?} span(s) on {topic}"), || {
-        on_topic(telemetry).len() >= n
-    })
-    .await;
-    on_topic(telemetry)
-}
 
 /// Two brokers: B, and A with a bridge to B over `protocol`, connected.
 fn bridged_brokers(protocol: &str) -> (Broker, Broker) {
@@ -69,47 +40,6 @@ fn bridged_brokers(protocol: &str) -> (Broker, Broker) {
         a.log_tail(20)
     );
     (a, b)
-}
-
-mod v4_kit {
-    pub use rumqttc::{MqttOptions, QoS};
-    pub use rumqttc_opentelemetry::v4::{Message, TracedPublisher, TracedSubscriber};
-    use rumqttc_opentelemetry::{Instrumentation, V3Propagation};
-
-    use super::common::telemetry::Telemetry;
-
-    pub const BRIDGE_PROTOCOL: &str = "mqttv311";
-
-    pub fn options(id: &str, port: u16) -> MqttOptions {
-        MqttOptions::new(id, "127.0.0.1", port)
-    }
-
-    /// MQTT 3.1.1 has no properties: the trace context travels in the payload envelope.
-    pub fn instrumentation(telemetry: &Telemetry) -> Instrumentation {
-        telemetry
-            .builder()
-            .v3_propagation(V3Propagation::Envelope)
-            .build()
-    }
-}
-
-mod v5_kit {
-    pub use rumqttc::v5::MqttOptions;
-    pub use rumqttc::v5::mqttbytes::QoS;
-    use rumqttc_opentelemetry::Instrumentation;
-    pub use rumqttc_opentelemetry::v5::{Message, TracedPublisher, TracedSubscriber};
-
-    use super::common::telemetry::Telemetry;
-
-    pub const BRIDGE_PROTOCOL: &str = "mqttv50";
-
-    pub fn options(id: &str, port: u16) -> MqttOptions {
-        MqttOptions::new(id, "127.0.0.1", port)
-    }
-
-    pub fn instrumentation(telemetry: &Telemetry) -> Instrumentation {
-        telemetry.instrumentation()
-    }
 }
 
 /// The bridge test, written once; `kit` is the version's module above.
@@ -152,8 +82,8 @@ macro_rules! bridge_tests {
                     .expect("A acknowledges");
             }
             for topic in &topics {
-                let produced = wait_spans(&publishers, SpanKind::Producer, topic, 1).await;
-                let processed = wait_spans(&subscribers, SpanKind::Consumer, topic, 1).await;
+                let produced = publishers.wait_spans(SpanKind::Producer, topic, 1).await;
+                let processed = subscribers.wait_spans(SpanKind::Consumer, topic, 1).await;
                 let (producer, process) = (&produced[0], &processed[0]);
                 assert_eq!(processed.len(), 1, "processed once on B");
                 assert_eq!(
@@ -174,12 +104,12 @@ macro_rules! bridge_tests {
 }
 
 mod v4 {
-    use super::v4_kit as kit;
+    use super::common::kit::v4 as kit;
     bridge_tests!();
 }
 
 mod v5 {
-    use super::v5_kit as kit;
+    use super::common::kit::v5 as kit;
     bridge_tests!();
 }
 
@@ -205,7 +135,7 @@ async fn share_consumer_process() {
     let (port, id) = setting.split_once(' ').expect("`port client-id`");
     let log = SpanLog::new();
     let subscriber = TracedSubscriber::builder_with_instrumentation(
-        v5_kit::options(id, port.parse().expect("port")),
+        common::kit::v5::options(id, port.parse().expect("port")),
         10,
         log.instrumentation(),
     )
@@ -345,7 +275,7 @@ async fn shared_subscription_splits_one_stream_across_processes() {
     let consumers: Vec<Consumer> = (0..CONSUMERS)
         .map(|_| Consumer::spawn(&broker, unique_client_id("worker")))
         .collect();
-    eventually("every consumer subscribed", || {
+    wait_until("every consumer subscribed", || {
         consumers.iter().all(Consumer::ready)
     })
     .await;
@@ -355,7 +285,7 @@ async fn shared_subscription_splits_one_stream_across_processes() {
 
     let telemetry = Telemetry::new();
     let publisher = TracedPublisher::with_instrumentation(
-        v5_kit::options(&unique_client_id("producer"), broker.port()),
+        common::kit::v5::options(&unique_client_id("producer"), broker.port()),
         M + 10,
         telemetry.instrumentation(),
     );
@@ -369,7 +299,7 @@ async fn shared_subscription_splits_one_stream_across_processes() {
     }
     publisher.flush().await;
     let total = || consumers.iter().map(|c| c.processed().len()).sum::<usize>();
-    eventually(&format!("{M} messages processed"), || total() >= M).await;
+    wait_until(&format!("{M} messages processed"), || total() >= M).await;
 
     let producers: HashMap<String, SpanData> = telemetry
         .spans_of(SpanKind::Producer)

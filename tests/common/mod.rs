@@ -3,6 +3,7 @@
 
 pub mod broker;
 pub mod fault_proxy;
+pub mod kit;
 pub mod telemetry;
 pub mod traced;
 

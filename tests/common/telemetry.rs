@@ -276,3 +276,23 @@ pub fn assert_unique_attribute_keys<'a>(spans: impl IntoIterator<Item = &'a Span
         offenders[..offenders.len().min(5)].join("\n")
     );
 }
+
+impl Telemetry {
+    /// The exported spans of `kind` whose `messaging.destination.name` is `topic`.
+    pub fn spans_on(&self, kind: SpanKind, topic: &str) -> Vec<SpanData> {
+        self.spans_of(kind)
+            .into_iter()
+            .filter(|span| destination(span).as_deref() == Some(topic))
+            .collect()
+    }
+
+    /// Waits (bounded by `traced::DEADLINE`) until `n` spans of `kind` on `topic` were
+    /// exported, and returns them.
+    pub async fn wait_spans(&self, kind: SpanKind, topic: &str, n: usize) -> Vec<SpanData> {
+        super::traced::wait_until(&format!("{n} {kind:?} span(s) on {topic}"), || {
+            self.spans_on(kind.clone(), topic).len() >= n
+        })
+        .await;
+        self.spans_on(kind, topic)
+    }
+}
