@@ -184,14 +184,14 @@ pub enum BrokerKind {
 /// A running broker of either kind.
 #[derive(Debug)]
 pub enum AnyBroker {
-    Mosquitto(Broker),
+    Mosquitto(Box<Broker>),
     Rumqttd(Rumqttd),
 }
 
 impl AnyBroker {
     pub fn start(kind: BrokerKind) -> AnyBroker {
         match kind {
-            BrokerKind::Mosquitto => AnyBroker::Mosquitto(Broker::start()),
+            BrokerKind::Mosquitto => AnyBroker::Mosquitto(Box::new(Broker::start())),
             BrokerKind::Rumqttd => AnyBroker::Rumqttd(Rumqttd::start()),
         }
     }
