@@ -190,7 +190,9 @@ impl TracedClient {
         )
     }
 
-    /// Traced `AsyncClient::publish_bytes`.
+    /// Traced `AsyncClient::publish_bytes`. Unlike rumqttc's, it refuses a topic name that
+    /// MQTT forbids (empty, with a wildcard, [MQTT-3.3.2-2]) as `publish` does, with
+    /// `ClientError::Request`, instead of sending it to the broker.
     pub async fn publish_bytes<S>(
         &self,
         topic: S,
@@ -201,7 +203,13 @@ impl TracedClient {
     where
         S: Into<String>,
     {
-        self.traced_publish(topic.into(), qos, retain, payload, false)
+        let topic = topic.into();
+        if !rumqttc::valid_topic(&topic) {
+            let mut publish = Publish::from_bytes(topic, qos, payload);
+            publish.retain = retain;
+            return Err(ClientError::Request(Request::Publish(publish)));
+        }
+        self.traced_publish(topic, qos, retain, payload, false)
             .await
             .map(drop)
     }
