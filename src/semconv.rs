@@ -181,8 +181,9 @@ qos_conversions!(rumqttc::v5::mqttbytes::QoS);
 /// The MQTT protocol version of a connection, as `network.protocol.version` records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ProtocolVersion {
-    /// MQTT 3.1.1 (`rumqttc::AsyncClient`), recorded as `3.1.1`.
-    V3_1_1,
+    /// MQTT 3.1.1 (protocol level 4, `rumqttc::AsyncClient`, this crate's [`crate::v4`]),
+    /// recorded as `3.1.1`.
+    V4,
     /// MQTT 5 (`rumqttc::v5::AsyncClient`), recorded as `5`.
     V5,
 }
@@ -191,7 +192,7 @@ impl ProtocolVersion {
     /// The value of `network.protocol.version`: `"3.1.1"` or `"5"`.
     pub const fn as_str(self) -> &'static str {
         match self {
-            Self::V3_1_1 => "3.1.1",
+            Self::V4 => "3.1.1",
             Self::V5 => "5",
         }
     }
@@ -206,6 +207,7 @@ impl std::fmt::Display for ProtocolVersion {
 /// The three messaging operations this crate records, with their semconv names, types and span
 /// kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Operation {
     /// A PUBLISH sent by the application: span kind PRODUCER, type `send`, name `publish`.
     Publish,
@@ -348,7 +350,7 @@ impl ConnectionAttributes {
     /// The connection attributes of an MQTT 3.1.1 client configured by `options`.
     pub fn from_v4_options(options: &rumqttc::MqttOptions) -> Self {
         let (host, port) = options.broker_address();
-        Self::new(options.client_id(), &host, port, ProtocolVersion::V3_1_1)
+        Self::new(options.client_id(), &host, port, ProtocolVersion::V4)
     }
 
     /// The connection attributes of an MQTT 5 client configured by `options`.
@@ -474,6 +476,7 @@ impl ConnectionAttributes {
 /// The facts of one message that its attributes are made from. Borrowed, so building them costs
 /// nothing; only the attribute values that must outlive the message are copied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MessageFacts<'a> {
     /// The topic name (`messaging.destination.name`).
     pub topic: &'a str,
@@ -644,7 +647,7 @@ mod tests {
 
     #[test]
     fn protocol_versions_are_recorded_as_semconv_expects() {
-        assert_eq!(ProtocolVersion::V3_1_1.as_str(), "3.1.1");
+        assert_eq!(ProtocolVersion::V4.as_str(), "3.1.1");
         assert_eq!(ProtocolVersion::V5.to_string(), "5");
     }
 
@@ -718,7 +721,7 @@ mod tests {
 
     #[test]
     fn receive_span_attributes_are_exact() {
-        let connection = ConnectionAttributes::new("gw", "10.0.0.5", 8883, ProtocolVersion::V3_1_1);
+        let connection = ConnectionAttributes::new("gw", "10.0.0.5", 8883, ProtocolVersion::V4);
         let facts = MessageFacts::new("home/hall/door", MqttQoS::AtMostOnce)
             .with_duplicate(true)
             .with_packet_id(Some(0))
@@ -836,7 +839,7 @@ mod tests {
         let connection = ConnectionAttributes::from_v4_options(&options);
         assert_eq!(connection.client_id(), "dev-7");
         assert_eq!(connection.server().port(), 1884);
-        assert_eq!(connection.protocol(), ProtocolVersion::V3_1_1);
+        assert_eq!(connection.protocol(), ProtocolVersion::V4);
         let options = rumqttc::v5::MqttOptions::new("dev-8", "broker.local", 1885);
         let connection = ConnectionAttributes::from_v5_options(&options);
         assert_eq!(connection.client_id(), "dev-8");
