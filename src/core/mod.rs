@@ -18,7 +18,10 @@ mod connection;
 mod consume;
 mod correlation;
 mod event_loop;
-
+#[cfg(test)]
+mod event_loop_tests;
+#[cfg(test)]
+mod fake;
 mod protocol;
 mod publish;
 mod recovery;

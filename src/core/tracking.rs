@@ -114,7 +114,10 @@ impl PublishTracker {
     /// Ends the publish spans whose acknowledgement is overdue. Looks at most once per
     /// [`SWEEP_INTERVAL`]: between two looks this costs a clock read and an atomic load.
     pub(crate) fn sweep(&self, telemetry: &Telemetry) {
-        let now = Instant::now();
+        self.sweep_at(telemetry, Instant::now());
+    }
+
+    fn sweep_at(&self, telemetry: &Telemetry, now: Instant) {
         let elapsed = now.saturating_duration_since(self.created).as_millis() as u64;
         if elapsed < self.next_sweep.load(Ordering::Relaxed) {
             return;
@@ -175,4 +178,41 @@ pub(super) fn after_step(
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Instrumentation;
+    use crate::semconv::{ConnectionAttributes, MqttQoS, ProtocolVersion};
+
+    /// Overdue acknowledgements are looked for at most once per second: between two looks a
+    /// poll costs a clock read and an atomic load, not the table's lock.
+    #[test]
+    fn overdue_publishes_are_swept_at_most_once_a_second() {
+        let instrumentation = Instrumentation::builder()
+            .ack_timeout(Duration::ZERO)
+            .build();
+        let connection = ConnectionAttributes::new("c", "broker.test", 1883, ProtocolVersion::V5);
+        let telemetry = Telemetry::new(&instrumentation, connection);
+        let tracker = PublishTracker::default();
+        let start = tracker.created;
+        let written = |pkid| {
+            let (open, _) = telemetry.start_publish("t", MqttQoS::AtLeastOnce, false, 1);
+            tracker.table().enqueue(open);
+            tracker.on_signal(&telemetry, Signal::Written(pkid));
+        };
+        written(1);
+        tracker.sweep_at(&telemetry, start);
+        assert_eq!(tracker.open(), 0, "the first sweep is due at once");
+        written(2);
+        tracker.sweep_at(&telemetry, start + Duration::from_millis(500));
+        assert_eq!(
+            tracker.open(),
+            1,
+            "within a second of the last sweep nothing is looked at"
+        );
+        tracker.sweep_at(&telemetry, start + Duration::from_millis(1001));
+        assert_eq!(tracker.open(), 0);
+    }
 }
