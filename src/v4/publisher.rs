@@ -11,33 +11,7 @@ use crate::core::PublishRequest;
 use crate::roles::publisher::PublisherCore;
 use crate::{Error, Instrumentation};
 
-/// A publisher that owns its connection: the traced event loop runs in a task of its
-/// own, so the application only publishes (the role of a sensor).
-///
-/// - Publishes are traced as [`TracedClient`] traces them: a PRODUCER span per publish,
-///   ended when the broker has the message (QoS 0 written, QoS 1 acknowledged, QoS 2
-///   completed).
-/// - [`flush`](Self::flush) waits until every publish made on the connection so far has
-///   ended, and [`shutdown`](Self::shutdown) flushes, sends DISCONNECT and waits for the
-///   task to end: a program that publishes and then exits calls one of them last, or
-///   its QoS 1 and 2 messages may never reach the broker.
-/// - Dropping the last handle of the connection stops its task at once: the socket
-///   closes without DISCONNECT, so the broker publishes the last will, and publishes
-///   not yet acknowledged end with `error.type = event_loop_dropped`.
-/// - After a connection error the task reconnects, pausing 100 ms after the first
-///   failure and twice as long after each further one, up to 5 s. Publishes made
-///   meanwhile wait in rumqttc's queue.
-/// - Retained messages: publish with `retain = true`; [`clear_retained`](Self::clear_retained)
-///   removes the broker's retained message of a topic. Last will and persistent
-///   sessions are set on the `MqttOptions` (`set_last_will`, `set_clean_session` /
-///   `set_clean_start`), as with rumqttc.
-/// - [`publish_batch`](Self::publish_batch) and
-///   [`publish_with_retry`](Self::publish_with_retry) publish several messages at once,
-///   or one until it is acknowledged.
-///
-/// Clones share the connection. The constructors spawn the task, so they must be called
-/// inside a Tokio runtime (like `tokio::spawn`, they panic elsewhere).
-///
+#[doc = include_str!("../roles/docs/publisher.md")]
 /// # Example
 ///
 /// A sensor: publishes its readings at QoS 1, then shuts down; every reading is acknowledged by

@@ -12,13 +12,7 @@ use super::publisher::TracedPublisher;
 use crate::roles::subscriber::{SubscriberBuilderCore, SubscriberCore};
 use crate::{Error, Instrumentation};
 
-/// Registers the routes of a [`TracedSubscriber`] before it starts.
-///
-/// The connection (not yet connected) exists from
-/// [`TracedSubscriber::builder`] on, so [`client`](Self::client) and
-/// [`publisher`](Self::publisher) can be captured by the handlers (a gateway that
-/// forwards what it receives).
-///
+#[doc = include_str!("../roles/docs/builder.md")]
 /// # Example
 ///
 /// ```
@@ -131,35 +125,7 @@ impl SubscriberBuilder {
     }
 }
 
-/// A subscriber that owns its connection and runs an async handler per route, each
-/// run inside a CONSUMER `process {filter}` span.
-///
-/// # Processing
-///
-/// - The connection task polls the event loop all the time (keep-alive, acknowledgements,
-///   the publishes of handlers) and hands each received message to one worker task,
-///   which runs the message's handlers one after the other, in arrival order, then
-///   acknowledges it by the [`AckPolicy`] (MQTT 4.6: messages are processed and
-///   acknowledged in the order they arrived). A slow handler delays the next messages,
-///   not the connection.
-/// - Each run has a `process {filter}` span (`filter` without its `$share/{group}/`
-///   prefix; a shared route adds `messaging.consumer.group.name` = `{group}`). Its parent
-///   follows the instrumentation's [`ParentMode`](crate::ParentMode): by default the
-///   producer's span, with a link to the message's `receive` span; with
-///   `ParentMode::Link`, the `receive` span, with a link to the producer's. A message
-///   without trace context (MQTT 3.1.1 without propagation, a last will) makes the
-///   process span a child of the receive span, in a new trace.
-/// - The handler runs with the process span's context current (as
-///   `opentelemetry::Context::current()`): publishes through [`client`](Self::client)
-///   are its children, and so are `tracing` spans when the application uses
-///   `tracing-opentelemetry`.
-/// - `error.type` of a failed run: the handler error's type name
-///   (`std::any::type_name`), `panic` when the handler panicked (the status message is
-///   the panic message; the subscriber goes on with the next message), `cancelled` when
-///   the runtime cancelled the handler's task. A handler runs in a task of its own so
-///   that its panic is caught; with `panic = "abort"` there is nothing to catch.
-/// - `messaging.process.duration` is recorded per run, with the same `error.type`.
-///
+#[doc = include_str!("../roles/docs/processing.md")]
 /// # Dispatch
 ///
 /// Every route is subscribed with a subscription identifier of its own (MQTT 5 section
@@ -179,17 +145,7 @@ impl SubscriberBuilder {
 /// without them and each message runs every route whose filter matches its topic, as with
 /// MQTT 3.1.1 (see `v4::TracedSubscriber`).
 ///
-/// # Connection
-///
-/// The routes are subscribed on the first connection, and again after every reconnect
-/// whose session is not present. A message that arrives for no route (a subscription
-/// made through [`client`](Self::client), or left in a persistent session by an older
-/// program) runs nothing and is acknowledged. [`shutdown`](Self::shutdown) lets the
-/// worker finish the messages already received, flushes publishes and disconnects;
-/// dropping the subscriber aborts the worker (the handler running is cancelled) and,
-/// unless a [`publisher`](Self::publisher) of the connection is still alive, closes
-/// the socket at once.
-///
+#[doc = include_str!("../roles/docs/connection.md")]
 /// # Example
 ///
 /// A gateway: one connection (one client id) receives the readings and forwards each to the
