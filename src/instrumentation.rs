@@ -44,7 +44,7 @@ use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{Tracer, TracerProvider};
 use opentelemetry::{InstrumentationScope, KeyValue};
 
-use crate::Error;
+use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::propagation::W3CPropagator;
 use crate::semconv::{MessageFacts, Operation};

@@ -9,7 +9,7 @@ use super::event_loop::EventLoop;
 use super::protocol::{Attempt, Protocol, PublishRequest};
 use super::publish::{OpenPublish, confirmed};
 use super::shared::Core;
-use crate::Error;
+use crate::error::Error;
 use crate::instrumentation::Instrumentation;
 
 /// A traced rumqttc client of protocol `P`. Clones share one connection.

@@ -12,7 +12,7 @@ use super::client::Client;
 use super::event_loop::EventLoop;
 use super::fake::{Fake, FakeEvent, FakeEventLoop, FakeOptions, FakePublish, FakeRequest, written};
 use super::protocol::PublishRequest;
-use crate::Instrumentation;
+use crate::instrumentation::Instrumentation;
 use crate::semconv::{ERROR_TYPE, MqttQoS};
 
 struct Setup {

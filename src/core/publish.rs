@@ -46,13 +46,13 @@ pub(crate) type Outcome = oneshot::Receiver<Result<(), &'static str>>;
 /// Waits for the outcome of a publish that was handed over (or says why it was not).
 pub(crate) async fn confirmed<E: Display>(
     handed_over: Result<Outcome, E>,
-) -> Result<(), crate::Error> {
+) -> Result<(), crate::error::Error> {
     match handed_over {
-        Err(error) => Err(crate::Error::RequestRejected(error.to_string())),
+        Err(error) => Err(crate::error::Error::RequestRejected(error.to_string())),
         Ok(outcome) => match outcome.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(error_type)) => Err(crate::Error::PublishFailed(error_type)),
-            Err(_) => Err(crate::Error::PublishFailed(
+            Ok(Err(error_type)) => Err(crate::error::Error::PublishFailed(error_type)),
+            Err(_) => Err(crate::error::Error::PublishFailed(
                 Failure::EventLoopDropped.error_type(),
             )),
         },

@@ -183,7 +183,7 @@ pub(super) fn after_step(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Instrumentation;
+    use crate::instrumentation::Instrumentation;
     use crate::semconv::{ConnectionAttributes, MqttQoS, ProtocolVersion};
 
     /// Overdue acknowledgements are looked for at most once per second: between two looks a

@@ -13,8 +13,8 @@ use opentelemetry::{Context, KeyValue};
 use super::RetryPolicy;
 use super::driver;
 use super::shared::{DriverHandle, Shared};
-use crate::Error;
 use crate::core::{Client, Core, EventLoop, Protocol, PublishRequest};
+use crate::error::Error;
 use crate::semconv::{
     ERROR_TYPE, MESSAGING_CLIENT_ID, MESSAGING_DESTINATION_NAME, MESSAGING_SYSTEM,
     MESSAGING_SYSTEM_VALUE, SERVER_ADDRESS, SERVER_PORT,

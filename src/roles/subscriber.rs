@@ -12,8 +12,8 @@ use super::driver::{self, Dispatcher};
 use super::publisher::PublisherCore;
 use super::shared::{DriverHandle, Shared};
 use super::worker::{Handler, HandlerFailure, Handlers, Incoming, RouteTable, work};
-use crate::Error;
 use crate::core::{Client, EventLoop, Protocol};
+use crate::error::Error;
 use crate::instrumentation::Instrumentation;
 
 /// The default bound on queued QoS 0 messages.

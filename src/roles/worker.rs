@@ -14,8 +14,8 @@ use tokio::sync::{mpsc, watch};
 
 use super::AckPolicy;
 use super::shared::Shared;
-use crate::Error;
 use crate::core::{Client, Core, Delivery, Processing, Protocol, PublishView};
+use crate::error::Error;
 use crate::topic::TopicFilterSet;
 
 /// `error.type` of a handler that panicked.

@@ -7,7 +7,8 @@ use rumqttc::{AsyncClient, ClientError, MqttOptions, Publish, QoS, SubscribeFilt
 use super::event_loop::TracedEventLoop;
 use super::protocol::V4;
 use crate::core::{Client, PublishRequest};
-use crate::{Error, Instrumentation};
+use crate::error::Error;
+use crate::instrumentation::Instrumentation;
 
 /// A traced `rumqttc::AsyncClient`: every method of it, with the same signature and error type,
 /// plus a PRODUCER span per publish. With [`V4Propagation::Envelope`] or

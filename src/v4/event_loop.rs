@@ -4,7 +4,7 @@
 use rumqttc::{ConnectionError, Event, EventLoop};
 
 use super::protocol::V4;
-use crate::Delivery;
+use crate::core::Delivery;
 use crate::reconnect::ReconnectBackoff;
 
 /// A traced `rumqttc::EventLoop`: [`TracedEventLoop::poll`] returns what rumqttc's does, and on

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use rumqttc::{Publish, QoS};
 
 use super::protocol::V4;
-use crate::Delivery;
+use crate::core::Delivery;
 use crate::roles::worker::Incoming;
 
 /// A message handed to a handler of a [`TracedSubscriber`](super::TracedSubscriber): rumqttc's

@@ -75,12 +75,14 @@ impl Protocol for V4 {
             V4Propagation::Envelope => {
                 let mut headers = Vec::with_capacity(3);
                 telemetry.inject(open, parent, &mut UserPropertiesInjector::new(&mut headers));
-                envelope::encode(&headers, &request.payload).map_err(crate::Error::from)
+                envelope::encode(&headers, &request.payload).map_err(crate::error::Error::from)
             }
             V4Propagation::JsonFields => {
                 let mut injector = JsonFieldsInjector::new();
                 telemetry.inject(open, parent, &mut injector);
-                injector.apply(&request.payload).map_err(crate::Error::from)
+                injector
+                    .apply(&request.payload)
+                    .map_err(crate::error::Error::from)
             }
         };
         match carried {

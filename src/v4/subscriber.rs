@@ -8,8 +8,9 @@ use super::client::TracedClient;
 use super::message::Message;
 use super::protocol::V4;
 use super::publisher::TracedPublisher;
+use crate::error::Error;
+use crate::instrumentation::Instrumentation;
 use crate::roles::subscriber::{SubscriberBuilderCore, SubscriberCore};
-use crate::{Error, Instrumentation};
 
 #[doc = include_str!("../roles/docs/builder.md")]
 /// # Example

@@ -11,7 +11,8 @@ use rumqttc::v5::{AsyncClient, ClientError, MqttOptions};
 use super::event_loop::TracedEventLoop;
 use super::protocol::V5;
 use crate::core::{Client, PublishRequest};
-use crate::{Error, Instrumentation};
+use crate::error::Error;
+use crate::instrumentation::Instrumentation;
 
 /// A traced `rumqttc::v5::AsyncClient`: every method of it, with the same signature and error
 /// type, plus a PRODUCER span per publish whose context travels in the message's user

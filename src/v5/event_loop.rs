@@ -4,7 +4,7 @@
 use rumqttc::v5::{ConnectionError, Event, EventLoop};
 
 use super::protocol::V5;
-use crate::Delivery;
+use crate::core::Delivery;
 use crate::reconnect::ReconnectBackoff;
 
 /// A traced `rumqttc::v5::EventLoop`: [`TracedEventLoop::poll`] returns what rumqttc's does,

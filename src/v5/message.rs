@@ -8,7 +8,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 
 use super::protocol::V5;
-use crate::Delivery;
+use crate::core::Delivery;
 use crate::roles::worker::Incoming;
 
 /// A message handed to a handler of a [`TracedSubscriber`](super::TracedSubscriber): rumqttc's

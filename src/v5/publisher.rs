@@ -9,8 +9,9 @@ use super::client::TracedClient;
 use super::event_loop::TracedEventLoop;
 use super::protocol::V5;
 use crate::core::PublishRequest;
+use crate::error::Error;
+use crate::instrumentation::Instrumentation;
 use crate::roles::publisher::PublisherCore;
-use crate::{Error, Instrumentation};
 
 #[doc = include_str!("../roles/docs/publisher.md")]
 /// # Example
