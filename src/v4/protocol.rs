@@ -325,6 +325,8 @@ fn error_type(error: &ConnectionError) -> &'static str {
             StateError::AwaitPingResp => "keepalive_timeout",
             StateError::ConnectionAborted => "connection_closed",
             StateError::CollisionTimeout => "collision_timeout",
+            // rumqttc reports a connection reset while it reads a packet as a read error.
+            StateError::Deserialization(rumqttc::mqttbytes::Error::Io(io)) => io_error_type(io),
             StateError::Deserialization(_) => "malformed_packet",
             StateError::Unsolicited(_)
             | StateError::WrongPacket
@@ -344,5 +346,24 @@ fn error_type(error: &ConnectionError) -> &'static str {
         ConnectionError::NotConnAck(_) => "protocol_error",
         ConnectionError::RequestsDone => "requests_done",
         other => feature_error_type(&other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reset that rumqttc meets while reading a packet is a reset, not a malformed packet.
+    #[test]
+    fn a_reset_while_reading_is_a_connection_reset() {
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let error = ConnectionError::MqttState(StateError::Deserialization(
+            rumqttc::mqttbytes::Error::Io(reset),
+        ));
+        assert_eq!(V4::error_type(&error), "connection_reset");
+        let malformed = ConnectionError::MqttState(StateError::Deserialization(
+            rumqttc::mqttbytes::Error::MalformedPacket,
+        ));
+        assert_eq!(V4::error_type(&malformed), "malformed_packet");
     }
 }
