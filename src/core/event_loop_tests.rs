@@ -13,7 +13,7 @@ use super::event_loop::EventLoop;
 use super::fake::{Fake, FakeEvent, FakeEventLoop, FakeOptions, FakePublish, FakeRequest, written};
 use super::protocol::PublishRequest;
 use crate::instrumentation::Instrumentation;
-use crate::semconv::{ERROR_TYPE, MqttQoS};
+use crate::semconv::{ERROR_TYPE, MESSAGING_MQTT_DUPLICATE, MqttQoS};
 
 struct Setup {
     client: Client<Fake>,
@@ -79,6 +79,31 @@ fn ended(exporter: &InMemorySpanExporter) -> Vec<(String, Option<String>)> {
                 .map(|kv| kv.value.to_string());
             assert_eq!(error.is_some(), matches!(span.status, Status::Error { .. }));
             (span.name.to_string(), error)
+        })
+        .collect()
+}
+
+/// Each ended span's `messaging.mqtt.duplicate`, checking that no span has a key twice (OTLP
+/// requires unique attribute keys).
+fn duplicate_flags(exporter: &InMemorySpanExporter) -> Vec<(String, bool)> {
+    let spans: Vec<SpanData> = exporter.get_finished_spans().unwrap_or_default();
+    spans
+        .iter()
+        .map(|span| {
+            let mut keys: Vec<&str> = span.attributes.iter().map(|kv| kv.key.as_str()).collect();
+            let all = keys.len();
+            keys.sort_unstable();
+            keys.dedup();
+            assert_eq!(keys.len(), all, "a key repeats on {}", span.name);
+            let duplicate = span
+                .attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == MESSAGING_MQTT_DUPLICATE)
+                .map(|kv| kv.value == opentelemetry::Value::Bool(true));
+            (
+                span.name.to_string(),
+                duplicate.unwrap_or_else(|| panic!("no DUP on {}", span.name)),
+            )
         })
         .collect()
 }
@@ -212,14 +237,17 @@ async fn broken_with_written_parked_and_unsent(limit: u16) -> Setup {
         });
     poll_ok(&mut eventloop, 3).await;
     assert!(eventloop.poll().await.is_err());
-    assert_eq!(eventloop.inner().pending_payloads(), ["a@1", "b@2"]);
+    // rumqttc replays them with their packet ids; the DUP flag is set ([MQTT-3.3.1-1]).
+    assert_eq!(eventloop.inner().pending_payloads(), ["a@1d", "b@2d"]);
     Setup { eventloop, ..setup }
 }
 
 /// The broker lost the session (CONNACK with `session_present = false`) and rumqttc cleared
 /// `pending`: the written publishes and the parked one are put back with fresh packet ids, in
 /// their order, before the never-written one, and the collision slot is emptied (rumqtt issue
-/// 1056: a parked publish would otherwise wait forever for an acknowledgement).
+/// 1056: a parked publish would otherwise wait forever for an acknowledgement). The written ones
+/// go out with the DUP flag and their spans record `messaging.mqtt.duplicate = true`; the
+/// others were never sent, so they are first deliveries.
 #[tokio::test]
 async fn after_a_session_loss_written_and_parked_publishes_are_resent_in_order() {
     let Setup {
@@ -238,11 +266,11 @@ async fn after_a_session_loss_written_and_parked_publishes_are_resent_in_order()
         })
         .then(|el| {
             assert!(el.collision.is_none(), "the parked publish was taken out");
-            assert_eq!(el.pending_payloads(), ["a@0"], "fresh packet id");
+            assert_eq!(el.pending_payloads(), ["a@0d"], "fresh packet id, DUP set");
             el.write()
         })
         .then(|el| {
-            assert_eq!(el.pending_payloads(), ["b@0"]);
+            assert_eq!(el.pending_payloads(), ["b@0d"]);
             el.write()
         })
         .then(|el| el.puback(3))
@@ -260,6 +288,11 @@ async fn after_a_session_loss_written_and_parked_publishes_are_resent_in_order()
     poll_ok(&mut eventloop, 9).await;
     assert_eq!(eventloop.open_publish_spans(), 0);
     assert_eq!(ended(&exporter), ok(&["a", "b", "p", "c"]));
+    let flags: Vec<(String, bool)> = [("a", true), ("b", true), ("p", false), ("c", false)]
+        .iter()
+        .map(|(name, dup)| (format!("publish {name}"), *dup))
+        .collect();
+    assert_eq!(duplicate_flags(&exporter), flags);
 }
 
 /// With resending off, the publishes rumqttc dropped end as `session_lost`; the one that was
@@ -315,7 +348,7 @@ async fn a_refused_connection_attempt_keeps_pending() {
         Err(super::fake::FakeError("not_authorized"))
     });
     assert!(eventloop.poll().await.is_err());
-    assert_eq!(eventloop.inner().pending_payloads(), ["a@1", "b@2"]);
+    assert_eq!(eventloop.inner().pending_payloads(), ["a@1d", "b@2d"]);
     assert_eq!(eventloop.open_publish_spans(), 4);
 }
 
@@ -403,7 +436,7 @@ async fn releases_stay_with_rumqttc_and_qos2_ends_at_pubcomp() {
         "PUBREC does not end a QoS 2 publish"
     );
     assert!(eventloop.poll().await.is_err());
-    assert_eq!(eventloop.inner().pending_payloads(), ["PubRel(1)", "w@2"]);
+    assert_eq!(eventloop.inner().pending_payloads(), ["PubRel(1)", "w@2d"]);
     eventloop
         .inner_mut()
         .then(|_| {

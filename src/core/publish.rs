@@ -14,13 +14,16 @@ use tokio::sync::oneshot;
 use super::correlation::Failure;
 use super::telemetry::Telemetry;
 use crate::instrumentation::Propagator;
-use crate::semconv::{ERROR_TYPE, MessageFacts, MqttQoS, Operation};
+use crate::semconv::{ERROR_TYPE, MESSAGING_MQTT_DUPLICATE, MessageFacts, MqttQoS, Operation};
 
 /// A publish span that has not ended yet, with what its metrics need.
 #[derive(Debug)]
 pub(crate) struct OpenPublish {
     pub(super) span: BoxedSpan,
     pub(super) pkid: Option<u16>,
+    /// Whether the PUBLISH was sent again (rumqttc's replay after a reconnect, or a resend after
+    /// a session loss): its DUP flag, recorded as `messaging.mqtt.duplicate` when the span ends.
+    retransmitted: bool,
     started: Instant,
     body_size: usize,
     /// Whether the PUBLISH was written (counted in `messaging.client.sent.messages`).
@@ -31,6 +34,13 @@ pub(crate) struct OpenPublish {
 }
 
 impl OpenPublish {
+    /// The PUBLISH is sent again, with the DUP flag ([MQTT-3.3.1-1]).
+    pub(super) fn retransmitted(&mut self) {
+        self.retransmitted = true;
+        self.span
+            .add_event("mqtt.publish.retransmitted", Vec::new());
+    }
+
     /// Asks to be told how this publish ends: `Ok` when acknowledged (QoS 1 and 2) or written
     /// (QoS 0), `Err(error.type)` otherwise.
     pub(crate) fn watch(&mut self) -> Outcome {
@@ -87,6 +97,7 @@ impl Telemetry {
         let open = OpenPublish {
             span,
             pkid: None,
+            retransmitted: false,
             started: Instant::now(),
             body_size,
             written: false,
@@ -132,6 +143,8 @@ impl Telemetry {
     /// Ends a publish span and records its duration.
     pub(super) fn finish(&self, mut open: OpenPublish, result: Result<(), Failure>) {
         let error_type = result.err().map(Failure::error_type);
+        open.span
+            .set_attribute(KeyValue::new(MESSAGING_MQTT_DUPLICATE, open.retransmitted));
         match error_type {
             // A QoS 0 publish ends when it is written.
             None => self.count_written(&mut open),

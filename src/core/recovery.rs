@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use super::correlation::{Failure, Resent, Signal};
 use super::protocol::{Protocol, RequestKind};
+use super::publish::OpenPublish;
 use super::telemetry::Telemetry;
 use super::tracking::{PublishTracker, after_step};
 
@@ -50,10 +51,25 @@ fn takes_pkid<P: Protocol>(request: &P::Request) -> bool {
     P::publish_of(request).is_some_and(|publish| P::view(publish).pkid == 0)
 }
 
-/// A publish to be sent as a new one: no packet id, no DUP flag.
-fn fresh<P: Protocol>(mut publish: P::Publish) -> P::Request {
-    P::set_packet(&mut publish, 0, false);
+/// A publish to be sent again on a new session: a fresh packet id, and the DUP flag when it was
+/// written before, since the broker may have it already ([MQTT-3.3.1-1]: the DUP flag MUST be
+/// set to 1 when the client attempts to re-deliver a PUBLISH).
+fn fresh<P: Protocol>(mut publish: P::Publish, written_before: bool) -> P::Request {
+    P::set_packet(&mut publish, 0, written_before);
     P::publish_request(publish)
+}
+
+/// A written publish that rumqttc replays with its packet id after a reconnect: with the DUP
+/// flag, which rumqttc 0.25 does not set ([MQTT-3.3.1-1]).
+fn redelivery<P: Protocol>(request: P::Request) -> P::Request {
+    match P::into_publish(request) {
+        Ok(mut publish) => {
+            let pkid = P::view(&publish).pkid;
+            P::set_packet(&mut publish, pkid, true);
+            P::publish_request(publish)
+        }
+        Err(other) => other,
+    }
 }
 
 impl<P: Protocol> Recovery<P> {
@@ -146,14 +162,14 @@ impl<P: Protocol> Recovery<P> {
                     if pkid == 0
                         && let Some(parked) = collision.take()
                     {
-                        requests.push_back(fresh::<P>(parked));
+                        requests.push_back(fresh::<P>(parked, false));
                         plan.push(Resent::Collision);
                     }
                     plan.push(match pkid {
                         0 => Resent::Unsent,
                         pkid => Resent::Inflight(pkid),
                     });
-                    requests.push_back(fresh::<P>(publish));
+                    requests.push_back(fresh::<P>(publish, pkid != 0));
                 }
                 // Acknowledgements, releases and pings of the session that is gone.
                 RequestKind::Release | RequestKind::SessionBound => {}
@@ -161,7 +177,7 @@ impl<P: Protocol> Recovery<P> {
             }
         }
         if let Some(parked) = collision {
-            requests.push_back(fresh::<P>(parked));
+            requests.push_back(fresh::<P>(parked, false));
             plan.push(Resent::Collision);
         }
         // They go before what is already held: they were handed over earlier.
@@ -191,17 +207,14 @@ impl<P: Protocol> Recovery<P> {
         }
         let mut unsent = Vec::new();
         for request in pending {
-            let keep = match P::request_kind(&request) {
+            match P::request_kind(&request) {
                 // Replays of written publishes and releases keep their packet ids: rumqttc's
                 // own replay handles them.
-                RequestKind::Publish => !takes_pkid::<P>(&request),
-                RequestKind::Release => true,
-                RequestKind::SessionBound | RequestKind::Other => false,
-            };
-            if keep {
-                P::pending(inner).push_back(request);
-            } else {
-                unsent.push(request);
+                RequestKind::Publish if !takes_pkid::<P>(&request) => {
+                    P::pending(inner).push_back(redelivery::<P>(request));
+                }
+                RequestKind::Release => P::pending(inner).push_back(request),
+                _ => unsent.push(request),
             }
         }
         let held = std::mem::take(&mut self.held);
@@ -269,7 +282,7 @@ impl PublishTracker {
         let lost = {
             let mut table = self.table();
             match requeue {
-                Some(plan) => table.requeue(plan),
+                Some(plan) => table.requeue(plan, OpenPublish::retransmitted),
                 None => table.on_session_lost(unsent),
             }
         };

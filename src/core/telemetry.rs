@@ -73,7 +73,11 @@ impl Telemetry {
         operation: Operation,
         facts: &MessageFacts<'_>,
     ) -> Vec<KeyValue> {
-        let mut attributes = self.connection.span_attributes(operation, facts);
+        // A publish span records `messaging.mqtt.duplicate` when it ends (see `finish`).
+        let with_duplicate = operation != Operation::Publish;
+        let mut attributes = self
+            .connection
+            .span_attributes_with(operation, facts, with_duplicate);
         for hook in &self.settings.hooks {
             hook(operation, facts, &mut attributes);
         }

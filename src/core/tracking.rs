@@ -11,7 +11,7 @@ use opentelemetry::trace::Span;
 use super::correlation::{Correlation, Failure, Signal, Step};
 use super::publish::OpenPublish;
 use super::telemetry::Telemetry;
-use crate::semconv::{MESSAGING_MQTT_DUPLICATE, MESSAGING_MQTT_PACKET_ID};
+use crate::semconv::MESSAGING_MQTT_PACKET_ID;
 
 /// How often overdue acknowledgements are looked for.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -170,10 +170,7 @@ pub(super) fn after_step(
         Step::Done(open, result) => return Some((open, result)),
         Step::Replayed(pkid) => {
             if let Some(open) = table.awaiting_ack_mut(pkid) {
-                open.span
-                    .add_event("mqtt.publish.retransmitted", Vec::new());
-                open.span
-                    .set_attribute(KeyValue::new(MESSAGING_MQTT_DUPLICATE, true));
+                open.retransmitted();
             }
         }
     }

@@ -138,6 +138,18 @@ impl ConnectionAttributes {
     /// destination template and consumer group only when known, the opt-in sizes only when the
     /// facts carry them.
     pub fn span_attributes(&self, operation: Operation, facts: &MessageFacts<'_>) -> Vec<KeyValue> {
+        self.span_attributes_with(operation, facts, true)
+    }
+
+    /// [`Self::span_attributes`], without `messaging.mqtt.duplicate` unless `with_duplicate`:
+    /// a publish span records that flag once, when it ends, because a retransmission sets it
+    /// after the span started (and OTLP wants each key once per span).
+    pub(crate) fn span_attributes_with(
+        &self,
+        operation: Operation,
+        facts: &MessageFacts<'_>,
+        with_duplicate: bool,
+    ) -> Vec<KeyValue> {
         let mut attributes = Vec::with_capacity(15);
         self.push_common(&mut attributes, operation, facts);
         attributes.push(KeyValue::new(
@@ -157,7 +169,9 @@ impl ConnectionAttributes {
             self.protocol.as_str(),
         ));
         attributes.push(KeyValue::new(MESSAGING_MQTT_RETAINED, facts.retained));
-        attributes.push(KeyValue::new(MESSAGING_MQTT_DUPLICATE, facts.duplicate));
+        if with_duplicate {
+            attributes.push(KeyValue::new(MESSAGING_MQTT_DUPLICATE, facts.duplicate));
+        }
         if let Some(packet_id) = facts.packet_id {
             attributes.push(KeyValue::new(
                 MESSAGING_MQTT_PACKET_ID,

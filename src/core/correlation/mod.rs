@@ -337,12 +337,18 @@ impl<T> Correlation<T> {
     /// The session is gone and the requests of `plan` were put back into `pending`, in that
     /// order, to be sent again: their entries go back to the front of `queued` in the same
     /// order. What still waited for an acknowledgement and is not resent (QoS 2 publishes past
-    /// PUBREC, whose payload rumqttc no longer holds) is returned as lost.
-    pub(crate) fn requeue(&mut self, plan: &[Resent]) -> Vec<T> {
+    /// PUBREC, whose payload rumqttc no longer holds) is returned as lost. `resent` is called on
+    /// each entry that was written before: it goes out again, a re-delivery.
+    pub(crate) fn requeue(&mut self, plan: &[Resent], mut resent: impl FnMut(&mut T)) -> Vec<T> {
         let mut front: Vec<Slot<T>> = Vec::with_capacity(plan.len());
         for item in plan {
             let slot = match item {
-                Resent::Inflight(pkid) => self.awaiting_ack.remove(pkid),
+                Resent::Inflight(pkid) => self.awaiting_ack.remove(pkid).map(|mut slot| {
+                    if let Some(value) = slot.value.as_mut() {
+                        resent(value);
+                    }
+                    slot
+                }),
                 Resent::Collision => self.collision.take().map(|(_, slot)| slot),
                 Resent::Unsent => self.queued.pop_front(),
             };

@@ -246,12 +246,15 @@ fn requeue_restores_the_order_of_the_new_pending() {
     assert!(table.lost(&[]).is_empty());
     // rumqttc's pending was [a(1), b(2), c(0)]; "later" is still in the channel. The
     // traced event loop puts back [a, b, parked, c], pkids cleared.
-    let lost = table.requeue(&[
-        Resent::Inflight(1),
-        Resent::Inflight(2),
-        Resent::Collision,
-        Resent::Unsent,
-    ]);
+    let lost = table.requeue(
+        &[
+            Resent::Inflight(1),
+            Resent::Inflight(2),
+            Resent::Collision,
+            Resent::Unsent,
+        ],
+        |_| {},
+    );
     assert!(lost.is_empty());
     for (pkid, name) in [(1, "a"), (2, "b"), (3, "parked"), (4, "c"), (5, "later")] {
         pending(table.apply(Signal::Written(pkid)));
@@ -270,7 +273,7 @@ fn requeue_loses_qos2_publishes_past_pubrec() {
     pending(table.apply(Signal::Written(1)));
     pending(table.apply_ack(Signal::PubRec, 1, None));
     pending(table.apply(Signal::Written(2)));
-    let lost = table.requeue(&[Resent::Inflight(2)]);
+    let lost = table.requeue(&[Resent::Inflight(2)], |_| {});
     assert_eq!(lost, ["released"]);
     pending(table.apply(Signal::Written(7)));
     assert_eq!(
@@ -284,7 +287,7 @@ fn requeue_keeps_a_place_for_a_publish_it_has_no_entry_for() {
     let mut table: Correlation<&str> = Correlation::default();
     table.enqueue("mine");
     // pkid 9 was never seen (its entry expired and was acknowledged meanwhile, say).
-    let lost = table.requeue(&[Resent::Inflight(9), Resent::Unsent]);
+    let lost = table.requeue(&[Resent::Inflight(9), Resent::Unsent], |_| {});
     assert!(lost.is_empty());
     pending(table.apply(Signal::Written(0))); // the ghost
     assert_eq!(done(table.apply(Signal::Written(0))), ("mine", Ok(())));
