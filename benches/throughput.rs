@@ -16,12 +16,12 @@
 //!   an exporter that drops everything, and a real `SdkMeterProvider` whose only reader never
 //!   collects during a run (a `PeriodicReader` with a one-hour interval into a no-op exporter:
 //!   every measurement is aggregated, nothing is exported). MQTT 3.1.1 runs use
-//!   `V3Propagation::Envelope`, so the context travels as it does on MQTT 5.
+//!   `V4Propagation::Envelope`, so the context travels as it does on MQTT 5.
 //! - `off`: as `rec` with `Sampler::AlwaysOff` (non-recording spans; metrics still recorded).
 //! - `wire`: plain rumqttc on both sides, but every publish carries what a traced one puts on the
 //!   wire: a fixed `traceparent` user property (MQTT 5) or a fixed envelope (MQTT 3.1.1). No
 //!   spans, no metrics: the cost of the bytes alone.
-//! - `rec-v3none` (MQTT 3.1.1 only): as `rec` with the default `V3Propagation::None` (payload
+//! - `rec-v4none` (MQTT 3.1.1 only): as `rec` with the default `V4Propagation::None` (payload
 //!   unchanged, spans and metrics only).
 //! - `noop` (not in the default list): traced clients on OpenTelemetry's global no-op tracer
 //!   and meter (no provider installed): what this crate costs by itself, without the SDK.
@@ -40,7 +40,7 @@
 //! Knobs (environment variables): `THROUGHPUT_QOS0_N` (200000), `THROUGHPUT_QOS1_N` (50000),
 //! `THROUGHPUT_RUNS` (5), `THROUGHPUT_PAYLOAD` (64), `THROUGHPUT_CAP` (request channel capacity,
 //! 10), `THROUGHPUT_VERSIONS` (`v4,v5`), `THROUGHPUT_QOS` (`0,1`), `THROUGHPUT_VARIANTS`
-//! (`plain,rec,off,wire,rec-v3none`), `THROUGHPUT_NODELAY` (`0,1`: Nagle, TCP_NODELAY),
+//! (`plain,rec,off,wire,rec-v4none`), `THROUGHPUT_NODELAY` (`0,1`: Nagle, TCP_NODELAY),
 //! `THROUGHPUT_WARMUP` (1: one discarded round at N/10), `BENCH_BSP_QUEUE` (65536),
 //! `THROUGHPUT_IDLE_TIMEOUT_S` (20: a run fails when nothing arrives for that long),
 //! `THROUGHPUT_BROKER_PORT` (use a broker already listening on 127.0.0.1:PORT instead of
@@ -61,7 +61,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use rumqttc_opentelemetry::propagation::envelope;
-use rumqttc_opentelemetry::{Instrumentation, V3Propagation, v4, v5};
+use rumqttc_opentelemetry::{Instrumentation, V4Propagation, v4, v5};
 
 use support::{Broker, Ev, FIXED_TRACEPARENT, Loop, Telemetry, env_list, env_usize, unique};
 
@@ -86,7 +86,7 @@ enum Variant {
     Recording,
     NonRecording,
     Wire,
-    RecordingV3None,
+    RecordingV4None,
     Noop,
 }
 
@@ -97,7 +97,7 @@ impl Variant {
             Variant::Recording => "rec",
             Variant::NonRecording => "off",
             Variant::Wire => "wire",
-            Variant::RecordingV3None => "rec-v3none",
+            Variant::RecordingV4None => "rec-v4none",
             Variant::Noop => "noop",
         }
     }
@@ -108,9 +108,9 @@ impl Variant {
             "rec" => Variant::Recording,
             "off" => Variant::NonRecording,
             "wire" => Variant::Wire,
-            "rec-v3none" => Variant::RecordingV3None,
+            "rec-v4none" => Variant::RecordingV4None,
             "noop" => Variant::Noop,
-            other => panic!("unknown variant {other:?} (plain, rec, off, wire, rec-v3none, noop)"),
+            other => panic!("unknown variant {other:?} (plain, rec, off, wire, rec-v4none, noop)"),
         }
     }
 
@@ -123,7 +123,7 @@ impl Variant {
             (Variant::NonRecording, Version::V5) => "traced, non-recording",
             (Variant::Wire, Version::V4) => "wire only (fixed envelope)",
             (Variant::Wire, Version::V5) => "wire only (fixed traceparent)",
-            (Variant::RecordingV3None, _) => "traced, recording, no propagation",
+            (Variant::RecordingV4None, _) => "traced, recording, no propagation",
             (Variant::Noop, Version::V4) => "traced, no-op providers, envelope",
             (Variant::Noop, Version::V5) => "traced, no-op providers",
         }
@@ -132,16 +132,16 @@ impl Variant {
     fn traced(self) -> bool {
         matches!(
             self,
-            Variant::Recording | Variant::NonRecording | Variant::RecordingV3None | Variant::Noop
+            Variant::Recording | Variant::NonRecording | Variant::RecordingV4None | Variant::Noop
         )
     }
 
     fn recording(self) -> bool {
-        matches!(self, Variant::Recording | Variant::RecordingV3None)
+        matches!(self, Variant::Recording | Variant::RecordingV4None)
     }
 
     fn applies_to(self, version: Version) -> bool {
-        !(self == Variant::RecordingV3None && version == Version::V5)
+        !(self == Variant::RecordingV4None && version == Version::V5)
     }
 }
 
@@ -393,8 +393,8 @@ async fn run_once(
             // No global provider is installed: OpenTelemetry's no-op tracer and meter.
             None => Instrumentation::builder(),
         };
-        let builder = if version == Version::V4 && variant != Variant::RecordingV3None {
-            builder.v3_propagation(V3Propagation::Envelope)
+        let builder = if version == Version::V4 && variant != Variant::RecordingV4None {
+            builder.v4_propagation(V4Propagation::Envelope)
         } else {
             builder
         };
@@ -628,7 +628,7 @@ fn main() {
         .collect();
     let variants: Vec<Variant> = env_list(
         "THROUGHPUT_VARIANTS",
-        &["plain", "rec", "off", "wire", "rec-v3none"],
+        &["plain", "rec", "off", "wire", "rec-v4none"],
     )
     .iter()
     .map(|v| Variant::from_key(v))

@@ -76,7 +76,7 @@ async fn run(args: Vec<String>) -> Result<(), Failure> {
     // MQTT 3.1.1 has no user properties: the demo always uses the envelope there, or the
     // waterfall would end at the first hop.
     let version = match args.version()? {
-        Version::V3 { .. } => Version::V3 { envelope: true },
+        Version::V4 { .. } => Version::V4 { envelope: true },
         Version::V5 => Version::V5,
     };
     let external = args

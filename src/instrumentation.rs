@@ -9,7 +9,7 @@
 //! | meter provider | the global one, read when the `Instrumentation` is built |
 //! | propagator | [`W3CPropagator`] (W3C Trace Context and Baggage), built in, because OpenTelemetry's global propagator is a no-op until the application installs one |
 //! | consumer parent | [`ParentMode::CreationContext`] |
-//! | MQTT 3.1.1 propagation | [`V3Propagation::None`]: payload bytes never change |
+//! | MQTT 3.1.1 propagation | [`V4Propagation::None`]: payload bytes never change |
 //! | publisher destination templates | none: span names use the topic |
 //! | raw topic in metric attributes | off |
 //! | client id in connection metrics | off |
@@ -21,14 +21,14 @@
 //!
 //! ```
 //! use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
-//! use rumqttc_opentelemetry::{Instrumentation, ParentMode, V3Propagation};
+//! use rumqttc_opentelemetry::{Instrumentation, ParentMode, V4Propagation};
 //!
 //! let exporter = InMemorySpanExporter::default();
 //! let provider = SdkTracerProvider::builder().with_simple_exporter(exporter).build();
 //! let instrumentation = Instrumentation::builder()
 //!     .tracer_provider(&provider)
 //!     .parent_mode(ParentMode::Link)
-//!     .v3_propagation(V3Propagation::Envelope)
+//!     .v4_propagation(V4Propagation::Envelope)
 //!     .publish_template("home/+/temperature")?
 //!     .build();
 //! # Ok::<(), rumqttc_opentelemetry::Error>(())
@@ -44,7 +44,7 @@ use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{Tracer, TracerProvider};
 use opentelemetry::{InstrumentationScope, KeyValue};
 
-use crate::Error;
+use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::propagation::W3CPropagator;
 use crate::semconv::{MessageFacts, Operation};
@@ -70,12 +70,13 @@ pub enum ParentMode {
 }
 
 /// How MQTT 3.1.1 publishes carry context. MQTT 3.1.1 has no user properties, so any choice but
-/// [`V3Propagation::None`] changes the payload bytes.
+/// [`V4Propagation::None`] changes the payload bytes.
 ///
 /// Receivers built on this crate always recognise and strip an envelope, whatever their own
 /// setting, so the application sees the original payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum V3Propagation {
+#[non_exhaustive]
+pub enum V4Propagation {
     /// The default: no context is sent and payload bytes never change, so a swapped-in client
     /// stays wire-compatible with consumers that are not instrumented. Each MQTT 3.1.1 message
     /// starts a new trace at its receiver.
@@ -126,8 +127,8 @@ pub(crate) struct Settings {
     pub(crate) meter: Meter,
     pub(crate) propagator: Propagator,
     pub(crate) parent_mode: ParentMode,
-    pub(crate) v3_propagation: V3Propagation,
-    pub(crate) v3_filters: Option<TopicFilterSet<()>>,
+    pub(crate) v4_propagation: V4Propagation,
+    pub(crate) v4_filters: Option<TopicFilterSet<()>>,
     pub(crate) publish_templates: TopicFilterSet<Arc<str>>,
     pub(crate) metric_topics: bool,
     pub(crate) metric_client_id: bool,
@@ -143,7 +144,7 @@ impl fmt::Debug for Instrumentation {
         f.debug_struct("Instrumentation")
             .field("propagator", &settings.propagator)
             .field("parent_mode", &settings.parent_mode)
-            .field("v3_propagation", &settings.v3_propagation)
+            .field("v4_propagation", &settings.v4_propagation)
             .field("publish_templates", &settings.publish_templates.len())
             .field("metric_topics", &settings.metric_topics)
             .field("record_sizes", &settings.record_sizes)
@@ -171,8 +172,8 @@ impl Instrumentation {
     }
 
     /// The MQTT 3.1.1 propagation mode.
-    pub fn v3_propagation(&self) -> V3Propagation {
-        self.inner.v3_propagation
+    pub fn v4_propagation(&self) -> V4Propagation {
+        self.inner.v4_propagation
     }
 
     /// The meter the instruments of this instrumentation come from.
@@ -200,14 +201,14 @@ impl Settings {
         if self.publish_templates.is_empty() {
             return None;
         }
-        crate::core::most_specific(self.publish_templates.matches(topic))
+        crate::topic::most_specific(self.publish_templates.matches(topic))
     }
 
     /// Whether an MQTT 3.1.1 publish on `topic` carries context.
-    pub(crate) fn v3_propagates(&self, topic: &str) -> bool {
-        self.v3_propagation != V3Propagation::None
+    pub(crate) fn v4_propagates(&self, topic: &str) -> bool {
+        self.v4_propagation != V4Propagation::None
             && self
-                .v3_filters
+                .v4_filters
                 .as_ref()
                 .is_none_or(|filters| filters.matches(topic).next().is_some())
     }
@@ -220,8 +221,8 @@ pub struct InstrumentationBuilder {
     meter: Option<Meter>,
     propagator: Propagator,
     parent_mode: ParentMode,
-    v3_propagation: V3Propagation,
-    v3_filters: Option<TopicFilterSet<()>>,
+    v4_propagation: V4Propagation,
+    v4_filters: Option<TopicFilterSet<()>>,
     publish_templates: TopicFilterSet<Arc<str>>,
     metric_topics: bool,
     metric_client_id: bool,
@@ -237,8 +238,8 @@ impl Default for InstrumentationBuilder {
             meter: None,
             propagator: Propagator::W3C(W3CPropagator::new()),
             parent_mode: ParentMode::default(),
-            v3_propagation: V3Propagation::default(),
-            v3_filters: None,
+            v4_propagation: V4Propagation::default(),
+            v4_filters: None,
             publish_templates: TopicFilterSet::new(),
             metric_topics: false,
             metric_client_id: false,
@@ -254,7 +255,7 @@ impl fmt::Debug for InstrumentationBuilder {
         f.debug_struct("InstrumentationBuilder")
             .field("propagator", &self.propagator)
             .field("parent_mode", &self.parent_mode)
-            .field("v3_propagation", &self.v3_propagation)
+            .field("v4_propagation", &self.v4_propagation)
             .finish_non_exhaustive()
     }
 }
@@ -309,16 +310,16 @@ impl InstrumentationBuilder {
         self
     }
 
-    /// How MQTT 3.1.1 publishes carry context (default [`V3Propagation::None`]).
-    pub fn v3_propagation(mut self, mode: V3Propagation) -> Self {
-        self.v3_propagation = mode;
+    /// How MQTT 3.1.1 publishes carry context (default [`V4Propagation::None`]).
+    pub fn v4_propagation(mut self, mode: V4Propagation) -> Self {
+        self.v4_propagation = mode;
         self
     }
 
     /// Restricts MQTT 3.1.1 propagation to topics matching `filter` (call again to add more);
     /// publishes on other topics keep their payload unchanged.
-    pub fn v3_propagation_filter(mut self, filter: &str) -> Result<Self, Error> {
-        self.v3_filters
+    pub fn v4_propagation_filter(mut self, filter: &str) -> Result<Self, Error> {
+        self.v4_filters
             .get_or_insert_with(TopicFilterSet::new)
             .insert(filter, ())?;
         Ok(self)
@@ -399,8 +400,8 @@ impl InstrumentationBuilder {
                 meter,
                 propagator: self.propagator,
                 parent_mode: self.parent_mode,
-                v3_propagation: self.v3_propagation,
-                v3_filters: self.v3_filters,
+                v4_propagation: self.v4_propagation,
+                v4_filters: self.v4_filters,
                 publish_templates: self.publish_templates,
                 metric_topics: self.metric_topics,
                 metric_client_id: self.metric_client_id,

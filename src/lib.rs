@@ -87,4 +87,4 @@ pub mod v5;
 
 pub use crate::core::Delivery;
 pub use error::Error;
-pub use instrumentation::{Instrumentation, InstrumentationBuilder, ParentMode, V3Propagation};
+pub use instrumentation::{Instrumentation, InstrumentationBuilder, ParentMode, V4Propagation};

@@ -361,6 +361,7 @@ impl MqttConnectionMetrics {
 
 /// All instruments of one [`crate::Instrumentation`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Metrics {
     /// Publisher instruments.
     pub publisher: MqttPublisherMetrics,

@@ -16,7 +16,7 @@ use common::traced::{
     Config, DEADLINE, Ev, TracedLoop, TracedPublish, freeze, poll_until, thaw, v4, v5,
 };
 use opentelemetry::trace::{SpanId, SpanKind, TraceContextExt};
-use rumqttc_opentelemetry::{Instrumentation, V3Propagation};
+use rumqttc_opentelemetry::{Instrumentation, V4Propagation};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
@@ -47,7 +47,7 @@ impl Drop for AbortOnDrop {
 /// topic.
 ///
 /// `publisher` builds the publisher's instrumentation: MQTT 3.1.1 needs
-/// `V3Propagation::Envelope` to carry the context at all.
+/// `V4Propagation::Envelope` to carry the context at all.
 async fn five_hundred_publishes<C: TracedPublish>(publisher: fn(&SpanLog) -> Instrumentation) {
     let broker = Broker::start();
     let pub_log = SpanLog::new();
@@ -214,7 +214,7 @@ async fn v5_five_hundred_concurrent_publishes_correlate_by_packet_id() {
 async fn v4_five_hundred_concurrent_publishes_correlate_by_packet_id() {
     five_hundred_publishes::<v4::TracedClient>(|log| {
         log.builder()
-            .v3_propagation(V3Propagation::Envelope)
+            .v4_propagation(V4Propagation::Envelope)
             .build()
     })
     .await;

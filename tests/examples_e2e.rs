@@ -333,7 +333,7 @@ async fn mqtt5_every_reading_is_stored_with_one_trace_across_three_hops() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt3_envelope_every_reading_is_stored_with_one_trace_across_three_hops() {
-    three_hops(Version::V3 { envelope: true }, 5).await;
+    three_hops(Version::V4 { envelope: true }, 5).await;
 }
 
 /// A message that is not a reading fails its handler (an error `process` span, counted as
@@ -597,7 +597,7 @@ fn command_line() {
     .unwrap();
     assert_eq!(good.broker.host, "::1");
     assert_eq!(good.broker.port, 1884);
-    assert_eq!(good.version, Version::V3 { envelope: true });
+    assert_eq!(good.version, Version::V4 { envelope: true });
     assert_eq!(good.client_id, "x");
     let default = parse(&[]).unwrap();
     assert_eq!(default.broker.to_string(), "localhost:1883");

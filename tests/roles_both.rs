@@ -75,7 +75,7 @@ mod v4_kit {
     pub use rumqttc_opentelemetry::v4::{
         AckPolicy, Message, RetryPolicy, TracedPublisher, TracedSubscriber,
     };
-    use rumqttc_opentelemetry::{Instrumentation, V3Propagation};
+    use rumqttc_opentelemetry::{Instrumentation, V4Propagation};
 
     use super::common::telemetry::Telemetry;
     use super::common::{Broker, unique_client_id};
@@ -105,7 +105,7 @@ mod v4_kit {
     pub fn instrumentation(telemetry: &Telemetry) -> Instrumentation {
         telemetry
             .builder()
-            .v3_propagation(V3Propagation::Envelope)
+            .v4_propagation(V4Propagation::Envelope)
             .build()
     }
 }

@@ -10,7 +10,7 @@ use common::telemetry::{Telemetry, assert_error};
 use common::{Broker, unique_client_id};
 use opentelemetry::trace::SpanKind;
 use rumqttc::{MqttOptions, QoS};
-use rumqttc_opentelemetry::V3Propagation;
+use rumqttc_opentelemetry::V4Propagation;
 use rumqttc_opentelemetry::v4::{Message, TracedPublisher, TracedSubscriber};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
@@ -85,7 +85,7 @@ async fn an_enveloped_payload_is_stripped_and_clearing_retained_refuses_to_envel
     let telemetry = Telemetry::new();
     let instrumentation = telemetry
         .builder()
-        .v3_propagation(V3Propagation::Envelope)
+        .v4_propagation(V4Propagation::Envelope)
         .build();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let subscriber = TracedSubscriber::builder_with_instrumentation(

@@ -159,7 +159,7 @@ async fn link_mode_parents_the_process_span_on_the_receive_span_and_links_the_pr
         "home/+/temperature",
         QoS::AtLeastOnce,
         move |message: Message| {
-            let _ = tx.send(message.topic().into_owned());
+            let _ = tx.send(message.topic().to_owned());
             std::future::ready(Ok::<(), std::io::Error>(()))
         },
     )
@@ -220,7 +220,7 @@ async fn a_copy_for_a_subscription_that_is_no_route_runs_nothing_and_is_acknowle
         telemetry.instrumentation(),
     )
     .route("a/+", QoS::AtLeastOnce, move |message: Message| {
-        let _ = tx.send(message.topic().into_owned());
+        let _ = tx.send(message.topic().to_owned());
         std::future::ready(Ok::<(), std::io::Error>(()))
     })
     .expect("valid filter")
@@ -296,7 +296,7 @@ async fn qos0_messages_beyond_the_queue_capacity_are_shed_visibly() {
         let started_tx = started_tx.clone();
         let release = std::sync::Arc::clone(&release);
         async move {
-            let _ = started_tx.send(message.topic().into_owned());
+            let _ = started_tx.send(message.topic().to_owned());
             // The first message holds the worker until the test releases it.
             let gate = release.lock().await.take();
             if let Some(gate) = gate {
@@ -362,7 +362,7 @@ async fn process_metrics_carry_the_consumer_group_and_the_error_type() {
                 if message.payload().as_ref() == b"boom" {
                     panic!("boom");
                 }
-                let _ = tx.send(message.topic().into_owned());
+                let _ = tx.send(message.topic().to_owned());
                 Ok::<(), std::io::Error>(())
             }
         },

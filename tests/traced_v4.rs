@@ -1,5 +1,5 @@
 //! MQTT 3.1.1 traced clients against a real mosquitto: the three propagation modes
-//! (`V3Propagation::None`, `Envelope`, `JsonFields`), payload bytes, and wire compatibility with
+//! (`V4Propagation::None`, `Envelope`, `JsonFields`), payload bytes, and wire compatibility with
 //! clients that are not instrumented (plain rumqttc, mosquitto_sub).
 
 mod common;
@@ -14,7 +14,7 @@ use opentelemetry::trace::{SpanId, SpanKind, TraceContextExt};
 use opentelemetry_sdk::trace::SpanData;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use rumqttc_opentelemetry::v4::{TracedClient, TracedEventLoop};
-use rumqttc_opentelemetry::{Delivery, Instrumentation, V3Propagation};
+use rumqttc_opentelemetry::{Delivery, Instrumentation, V4Propagation};
 use tokio::time::timeout;
 
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -168,7 +168,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// DESIGN.md "Propagation" (MQTT 3.1.1 `Envelope` mode: "Receivers always recognise an envelope
 /// and strip it, so the application sees the original payload"; envelope format version 1).
-/// A publisher with `V3Propagation::Envelope`, a subscriber with the default instrumentation:
+/// A publisher with `V4Propagation::Envelope`, a subscriber with the default instrumentation:
 /// every payload (binary, empty, starting with 0x00, even one that is itself an envelope)
 /// arrives byte-identical, and each receive span continues the publish span's trace as its
 /// child (W3C Trace Context section 3.2 parent-id).
@@ -180,7 +180,7 @@ async fn envelope_continues_the_trace_with_payload_bytes_unchanged() {
     let payloads = binary_payloads();
     let envelope = telemetry
         .builder()
-        .v3_propagation(V3Propagation::Envelope)
+        .v4_propagation(V4Propagation::Envelope)
         .build();
     publish_all(&broker, envelope, "env", &payloads).await;
     let messages = next_messages(&mut sub_loop, payloads.len()).await;
@@ -227,7 +227,7 @@ async fn envelope_on_the_wire_follows_the_documented_format() {
     let payload = vec![0x00, 0x01, b'h', b'i', 0xff];
     let envelope = telemetry
         .builder()
-        .v3_propagation(V3Propagation::Envelope)
+        .v4_propagation(V4Propagation::Envelope)
         .build();
     publish_all(&broker, envelope, "wire", std::slice::from_ref(&payload)).await;
     let lines = sub.wait();
@@ -246,7 +246,7 @@ async fn envelope_on_the_wire_follows_the_documented_format() {
     assert_eq!(lines[0], hex(&expected));
 }
 
-/// DESIGN.md "Propagation": with the default `V3Propagation::None` "payload bytes never change,
+/// DESIGN.md "Propagation": with the default `V4Propagation::None` "payload bytes never change,
 /// so a swapped-in client stays wire-compatible with consumers that are not instrumented".
 /// mosquitto_sub (`-F %x`) sees exactly the published bytes, and a traced subscriber receives
 /// them unchanged (malformed envelope look-alikes included) and starts a new trace for each
@@ -350,7 +350,7 @@ async fn json_fields_continue_the_trace_for_json_objects_only() {
     let json_fields = || {
         telemetry
             .builder()
-            .v3_propagation(V3Propagation::JsonFields)
+            .v4_propagation(V4Propagation::JsonFields)
             .build()
     };
     let (_sub, mut sub_loop) = subscriber(&broker, json_fields(), "json/#").await;
@@ -408,7 +408,7 @@ async fn json_fields_continue_the_trace_for_json_objects_only() {
 }
 
 /// DESIGN.md "Propagation" ("Receivers always recognise an envelope and strip it"; `None` is a
-/// receiver's default too): a subscriber with `V3Propagation::JsonFields` still strips an
+/// receiver's default too): a subscriber with `V4Propagation::JsonFields` still strips an
 /// envelope and continues its trace, and a subscriber with the default `None` does not read
 /// `traceparent` members from JSON payloads (the payload reaches it unchanged, in a new trace).
 #[tokio::test(flavor = "multi_thread")]
@@ -419,7 +419,7 @@ async fn receivers_strip_envelopes_whatever_their_mode() {
         &broker,
         telemetry
             .builder()
-            .v3_propagation(V3Propagation::JsonFields)
+            .v4_propagation(V4Propagation::JsonFields)
             .build(),
         "mixed/envelope",
     )
@@ -429,7 +429,7 @@ async fn receivers_strip_envelopes_whatever_their_mode() {
 
     let envelope = telemetry
         .builder()
-        .v3_propagation(V3Propagation::Envelope)
+        .v4_propagation(V4Propagation::Envelope)
         .build();
     let (publisher, mut pub_loop) =
         TracedClient::with_instrumentation(options(&broker, "pub"), 10, envelope);
@@ -444,7 +444,7 @@ async fn receivers_strip_envelopes_whatever_their_mode() {
         .unwrap();
     let json = telemetry
         .builder()
-        .v3_propagation(V3Propagation::JsonFields)
+        .v4_propagation(V4Propagation::JsonFields)
         .build();
     let (json_publisher, mut json_pub_loop) =
         TracedClient::with_instrumentation(options(&broker, "pub"), 10, json);

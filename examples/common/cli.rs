@@ -178,7 +178,7 @@ impl Args {
     pub fn version(&self) -> Result<Version, Failure> {
         let version = match self.get("mqtt").unwrap_or("5") {
             "5" | "5.0" | "v5" => Version::V5,
-            "3" | "3.1.1" | "4" | "v4" => Version::V3 {
+            "3" | "3.1.1" | "4" | "v4" => Version::V4 {
                 envelope: self.has("envelope"),
             },
             other => {

@@ -42,7 +42,7 @@ fn config(address: SocketAddr, version: Version) -> Config {
     let servers = HashMap::from([("1".to_owned(), server)]);
     let (v4, v5) = match version {
         Version::V5 => (None, Some(servers)),
-        Version::V3 { .. } => (Some(servers), None),
+        Version::V4 { .. } => (Some(servers), None),
     };
     Config {
         id: 0,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc_opentelemetry::{Instrumentation, InstrumentationBuilder, V3Propagation, v4, v5};
+use rumqttc_opentelemetry::{Instrumentation, InstrumentationBuilder, V4Propagation, v4, v5};
 
 use super::{BoxError, Result};
 
@@ -17,7 +17,7 @@ use super::{BoxError, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {
     /// MQTT 3.1.1; `envelope` wraps payloads in the trace-context envelope.
-    V3 {
+    V4 {
         /// Whether publishes carry the trace context in the envelope.
         envelope: bool,
     },
@@ -29,7 +29,7 @@ impl Version {
     /// Applies the version's propagation setting to an instrumentation.
     pub fn configure(self, builder: InstrumentationBuilder) -> InstrumentationBuilder {
         match self {
-            Self::V3 { envelope: true } => builder.v3_propagation(V3Propagation::Envelope),
+            Self::V4 { envelope: true } => builder.v4_propagation(V4Propagation::Envelope),
             _ => builder,
         }
     }
@@ -38,10 +38,10 @@ impl Version {
 impl fmt::Display for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::V3 { envelope: true } => {
+            Self::V4 { envelope: true } => {
                 f.write_str("MQTT 3.1.1 with the trace-context envelope")
             }
-            Self::V3 { envelope: false } => {
+            Self::V4 { envelope: false } => {
                 f.write_str("MQTT 3.1.1 without propagation (each hop starts a new trace)")
             }
             Self::V5 => f.write_str("MQTT 5 (trace context in user properties)"),
@@ -186,7 +186,7 @@ async fn connected_within(
 #[derive(Debug, Clone)]
 pub enum Publisher {
     /// MQTT 3.1.1.
-    V3(v4::TracedPublisher),
+    V4(v4::TracedPublisher),
     /// MQTT 5.
     V5(v5::TracedPublisher),
 }
@@ -204,7 +204,7 @@ impl Publisher {
                 64,
                 instrumentation,
             )),
-            Version::V3 { .. } => Self::V3(v4::TracedPublisher::with_instrumentation(
+            Version::V4 { .. } => Self::V4(v4::TracedPublisher::with_instrumentation(
                 v4_options(connection, will),
                 64,
                 instrumentation,
@@ -215,7 +215,7 @@ impl Publisher {
     /// Waits for the first CONNACK, at most the connection timeout.
     pub async fn connected(&self, connection: &Connection) -> Result<()> {
         match self {
-            Self::V3(publisher) => connected_within(connection, publisher.wait_connected()).await,
+            Self::V4(publisher) => connected_within(connection, publisher.wait_connected()).await,
             Self::V5(publisher) => connected_within(connection, publisher.wait_connected()).await,
         }
     }
@@ -230,7 +230,7 @@ impl Publisher {
     ) -> Result<(), rumqttc_opentelemetry::Error> {
         let payload = payload.into();
         match self {
-            Self::V3(publisher) => {
+            Self::V4(publisher) => {
                 publisher
                     .publish_confirmed(topic, rumqttc::QoS::AtLeastOnce, retain, payload)
                     .await
@@ -251,7 +251,7 @@ impl Publisher {
     /// Waits until every publish so far has ended.
     pub async fn flush(&self) {
         match self {
-            Self::V3(publisher) => publisher.flush().await,
+            Self::V4(publisher) => publisher.flush().await,
             Self::V5(publisher) => publisher.flush().await,
         }
     }
@@ -259,7 +259,7 @@ impl Publisher {
     /// Flushes, sends DISCONNECT and waits for the connection task to end.
     pub async fn shutdown(self) {
         match self {
-            Self::V3(publisher) => publisher.shutdown().await,
+            Self::V4(publisher) => publisher.shutdown().await,
             Self::V5(publisher) => publisher.shutdown().await,
         }
     }
@@ -299,7 +299,7 @@ pub type Handler = Arc<dyn Fn(Incoming) -> HandlerFuture + Send + Sync>;
 #[derive(Debug)]
 pub enum Subscriber {
     /// MQTT 3.1.1.
-    V3(v4::TracedSubscriber),
+    V4(v4::TracedSubscriber),
     /// MQTT 5.
     V5(v5::TracedSubscriber),
 }
@@ -326,7 +326,7 @@ impl Subscriber {
                     rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
                     move |message: v5::Message| {
                         handler(Incoming {
-                            topic: message.topic().into_owned(),
+                            topic: message.topic().to_owned(),
                             payload: message.payload().clone(),
                             retained: message.retained(),
                         })
@@ -334,13 +334,13 @@ impl Subscriber {
                 )?;
                 Self::V5(builder.start())
             }
-            Version::V3 { .. } => {
+            Version::V4 { .. } => {
                 let builder = v4::TracedSubscriber::builder_with_instrumentation(
                     v4_options(connection, None),
                     64,
                     instrumentation,
                 );
-                let handler = make_handler(Publisher::V3(builder.publisher()));
+                let handler = make_handler(Publisher::V4(builder.publisher()));
                 let builder = builder.route(
                     filter,
                     rumqttc::QoS::AtLeastOnce,
@@ -352,7 +352,7 @@ impl Subscriber {
                         })
                     },
                 )?;
-                Self::V3(builder.start())
+                Self::V4(builder.start())
             }
         })
     }
@@ -361,7 +361,7 @@ impl Subscriber {
     pub async fn ready(&self, connection: &Connection) -> Result<()> {
         let subscribed = async {
             match self {
-                Self::V3(subscriber) => {
+                Self::V4(subscriber) => {
                     if !subscriber.wait_connected().await {
                         return Ok(false);
                     }
@@ -389,7 +389,7 @@ impl Subscriber {
     /// Processes the messages already received, flushes, disconnects.
     pub async fn shutdown(self) {
         match self {
-            Self::V3(subscriber) => subscriber.shutdown().await,
+            Self::V4(subscriber) => subscriber.shutdown().await,
             Self::V5(subscriber) => subscriber.shutdown().await,
         }
     }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use rumqttc::Outgoing;
 
-use super::Core;
+use super::telemetry::Telemetry;
 
 /// The `error.type` of an I/O error of the connection.
 pub(crate) fn io_error_type(error: &io::Error) -> &'static str {
@@ -81,72 +81,73 @@ impl ConnectionTracker {
     }
 
     /// A CONNACK was handed out.
-    pub(crate) fn on_connack(&mut self, core: &Core) {
-        let metrics = &core.settings.metrics.connection;
-        metrics.record_connection_attempt(&core.connection_metric_attributes, None);
+    pub(crate) fn on_connack(&mut self, telemetry: &Telemetry) {
+        let metrics = &telemetry.settings.metrics.connection;
+        metrics.record_connection_attempt(&telemetry.connection_metric_attributes, None);
         if self.ever_connected {
-            metrics.record_reconnection(&core.connection_metric_attributes);
+            metrics.record_reconnection(&telemetry.connection_metric_attributes);
         }
         self.ever_connected = true;
         self.failures = 0;
         self.ping_sent = None;
         self.state = State::Connected(Instant::now());
-        core.gauges.connected.store(1, Ordering::Relaxed);
+        telemetry.gauges.connected.store(1, Ordering::Relaxed);
     }
 
     /// Poll returned an error, classified as `error_type`.
-    pub(crate) fn on_error(&mut self, core: &Core, error_type: &'static str) {
-        let metrics = &core.settings.metrics.connection;
+    pub(crate) fn on_error(&mut self, telemetry: &Telemetry, error_type: &'static str) {
+        let metrics = &telemetry.settings.metrics.connection;
         match self.state {
             State::Disconnected => {
                 self.failures = self.failures.saturating_add(1);
                 metrics.record_connection_attempt(
-                    &core.connection_metric_attributes,
+                    &telemetry.connection_metric_attributes,
                     Some(error_type),
                 );
             }
             State::Connected(since) => {
                 metrics.record_connection_end(
                     since.elapsed(),
-                    &core.connection_metric_attributes,
+                    &telemetry.connection_metric_attributes,
                     Some(error_type),
                 );
             }
             State::Closing => {}
         }
         self.state = State::Disconnected;
-        core.gauges.connected.store(0, Ordering::Relaxed);
+        telemetry.gauges.connected.store(0, Ordering::Relaxed);
     }
 
     /// An outgoing event was handed out.
-    pub(crate) fn on_outgoing(&mut self, core: &Core, outgoing: &Outgoing) {
+    pub(crate) fn on_outgoing(&mut self, telemetry: &Telemetry, outgoing: &Outgoing) {
         match outgoing {
             Outgoing::PingReq => self.ping_sent = Some(Instant::now()),
-            Outgoing::Disconnect => self.close(core),
+            Outgoing::Disconnect => self.close(telemetry),
             _ => {}
         }
     }
 
     /// A PINGRESP was handed out.
-    pub(crate) fn on_pingresp(&mut self, core: &Core) {
+    pub(crate) fn on_pingresp(&mut self, telemetry: &Telemetry) {
         if let Some(sent) = self.ping_sent.take() {
-            core.settings
+            telemetry
+                .settings
                 .metrics
                 .connection
-                .record_keepalive_rtt(sent.elapsed(), &core.connection_metric_attributes);
+                .record_keepalive_rtt(sent.elapsed(), &telemetry.connection_metric_attributes);
         }
     }
 
     /// The connection ends without error (DISCONNECT sent, or the event loop dropped).
-    pub(crate) fn close(&mut self, core: &Core) {
+    pub(crate) fn close(&mut self, telemetry: &Telemetry) {
         if let State::Connected(since) = self.state {
-            core.settings.metrics.connection.record_connection_end(
+            telemetry.settings.metrics.connection.record_connection_end(
                 since.elapsed(),
-                &core.connection_metric_attributes,
+                &telemetry.connection_metric_attributes,
                 None,
             );
             self.state = State::Closing;
         }
-        core.gauges.connected.store(0, Ordering::Relaxed);
+        telemetry.gauges.connected.store(0, Ordering::Relaxed);
     }
 }

@@ -2,162 +2,22 @@
 //! without pause (keep-alive, acknowledgements, publish spans), reconnects after errors with a
 //! growing pause, (re)subscribes the routes, and hands incoming messages to the worker.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use rumqttc::Outgoing;
 use tokio::sync::{mpsc, watch};
 
+use super::shared::Shared;
 use super::worker::{RouteTable, Work, shed};
-use super::{Polled, Protocol};
-use crate::core::{Core, Delivery};
+use crate::core::{Client, Core, Delivery, EventLoop, EventView, Protocol};
 
 /// The first pause before reconnecting after a connection error (rumqttc itself reconnects on
 /// the next poll without any pause).
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
 /// The longest pause between two connection attempts.
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
-
-/// What the handles of a connection can observe of its task. Every change wakes the waiters.
-#[derive(Debug, Default)]
-pub(crate) struct State {
-    /// The task was spawned.
-    pub(crate) started: bool,
-    /// A CONNACK was received and no error since.
-    pub(crate) connected: bool,
-    /// The task has ended (stopped, disconnected, or its runtime went away).
-    pub(crate) finished: bool,
-    /// Polls so far; a change means progress (a publish may have ended).
-    polls: u64,
-    /// Subscription rounds started so far (one per connection that needed the routes
-    /// subscribed).
-    pub(crate) rounds: u64,
-    /// The SUBSCRIBE packets of the current round not yet acknowledged, oldest first, each with
-    /// the route filters it carries.
-    outstanding: VecDeque<Vec<Arc<str>>>,
-    /// The route filters the broker refused in the current round, with the reason.
-    pub(crate) refused: Vec<(Arc<str>, &'static str)>,
-}
-
-impl State {
-    /// Whether the task runs.
-    pub(crate) fn running(&self) -> bool {
-        self.started && !self.finished
-    }
-
-    /// Whether the current round of subscriptions is complete.
-    pub(crate) fn subscribed(&self) -> bool {
-        self.rounds > 0 && self.outstanding.is_empty()
-    }
-}
-
-/// State shared by a connection task and the handles of its roles.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    state: watch::Sender<State>,
-    /// Set to stop the task at once (the socket closes without DISCONNECT).
-    stop: watch::Sender<bool>,
-    /// A clean shutdown is under way: the task ends at the next connection error instead of
-    /// reconnecting.
-    closing: AtomicBool,
-    /// CONNACKs so far: the connection a message arrived on.
-    epoch: AtomicU64,
-    /// Messages handed to the worker and not yet taken by it.
-    pub(crate) queued: AtomicUsize,
-}
-
-impl Shared {
-    pub(crate) fn new() -> Arc<Self> {
-        Arc::new(Self {
-            state: watch::Sender::new(State::default()),
-            stop: watch::Sender::new(false),
-            closing: AtomicBool::new(false),
-            epoch: AtomicU64::new(0),
-            queued: AtomicUsize::new(0),
-        })
-    }
-
-    /// A receiver of the state, to wait for a condition on it.
-    pub(crate) fn watch(&self) -> watch::Receiver<State> {
-        self.state.subscribe()
-    }
-
-    pub(crate) fn is_connected(&self) -> bool {
-        self.state.borrow().connected
-    }
-
-    /// The connection the next message will arrive on.
-    pub(crate) fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
-    }
-
-    /// Asks the task to end at its next connection error or DISCONNECT.
-    pub(crate) fn begin_closing(&self) {
-        self.closing.store(true, Ordering::Release);
-    }
-
-    fn is_closing(&self) -> bool {
-        self.closing.load(Ordering::Acquire)
-    }
-
-    /// Stops the task at once.
-    pub(crate) fn stop(&self) {
-        self.stop.send_replace(true);
-    }
-
-    fn begin_round(&self, packets: Vec<Vec<Arc<str>>>) {
-        self.state.send_modify(|state| {
-            state.rounds += 1;
-            state.outstanding = packets.into();
-            state.refused.clear();
-        });
-    }
-
-    fn outstanding_subscriptions(&self) -> bool {
-        !self.state.borrow().outstanding.is_empty()
-    }
-
-    /// Applies a SUBACK to the current round (a SUBACK that arrives while no round is waiting
-    /// answers a subscription made through the client directly).
-    fn suback(&self, codes: &[Option<&'static str>]) {
-        self.state.send_if_modified(|state| {
-            let Some(filters) = state.outstanding.pop_front() else {
-                return false;
-            };
-            for (filter, code) in filters.into_iter().zip(codes) {
-                if let Some(reason) = code {
-                    state.refused.push((filter, reason));
-                }
-            }
-            true
-        });
-    }
-}
-
-/// Stops the connection task when the last handle of the connection goes away.
-#[derive(Debug)]
-pub(crate) struct DriverHandle {
-    pub(crate) shared: Arc<Shared>,
-}
-
-impl Drop for DriverHandle {
-    fn drop(&mut self) {
-        self.shared.stop();
-    }
-}
-
-/// Marks the task finished however it ends (also when its runtime drops it).
-struct Finished(Arc<Shared>);
-
-impl Drop for Finished {
-    fn drop(&mut self) {
-        self.0.state.send_modify(|state| {
-            state.finished = true;
-            state.connected = false;
-        });
-    }
-}
 
 /// Waits until a stop is requested (or nobody can request one any more).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
@@ -169,42 +29,76 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 ///
 /// Panics outside a Tokio runtime, like `tokio::spawn`.
 pub(crate) fn spawn<P: Protocol>(
-    client: P::Client,
-    eventloop: P::EventLoop,
+    client: Client<P>,
+    eventloop: EventLoop<P>,
     shared: Arc<Shared>,
     dispatcher: Option<Dispatcher<P>>,
 ) {
-    shared.state.send_modify(|state| state.started = true);
+    shared.mark_started();
     tokio::spawn(drive::<P>(client, eventloop, shared, dispatcher));
 }
 
+/// A polled event, as far as the connection task cares.
+enum Polled<P: Protocol> {
+    /// A CONNACK; `subscription_ids` says whether the broker supports subscription identifiers.
+    ConnAck {
+        session_present: bool,
+        subscription_ids: bool,
+    },
+    /// A SUBACK: per filter of the SUBSCRIBE, `None` when granted, else the refusal reason.
+    SubAck(Vec<Option<&'static str>>),
+    /// An incoming PUBLISH and what the traced event loop recorded for it.
+    Publish(P::Publish, Option<Delivery>),
+    /// The event loop wrote a DISCONNECT: the connection ends for good.
+    Disconnect,
+    /// Anything else.
+    Other,
+}
+
+fn classify<P: Protocol>(event: P::Event, delivery: Option<Delivery>) -> Polled<P> {
+    match P::event(&event) {
+        EventView::ConnAck {
+            session_present,
+            subscription_ids,
+            ..
+        } => Polled::ConnAck {
+            session_present,
+            subscription_ids,
+        },
+        EventView::SubAck(codes) => Polled::SubAck(codes),
+        EventView::Publish => match P::into_incoming_publish(event) {
+            Some(publish) => Polled::Publish(publish, delivery),
+            None => Polled::Other,
+        },
+        EventView::Outgoing(Outgoing::Disconnect) => Polled::Disconnect,
+        _ => Polled::Other,
+    }
+}
+
 async fn drive<P: Protocol>(
-    client: P::Client,
-    mut eventloop: P::EventLoop,
+    client: Client<P>,
+    mut eventloop: EventLoop<P>,
     shared: Arc<Shared>,
     mut dispatcher: Option<Dispatcher<P>>,
 ) {
-    let _finished = Finished(Arc::clone(&shared));
-    let mut stop = shared.stop.subscribe();
+    let _finished = shared.finish_on_drop();
+    let mut stop = shared.stop_requests();
     let mut pause = RECONNECT_MIN;
     loop {
         let polled = tokio::select! {
             biased;
             () = stopped(&mut stop) => break,
-            polled = P::poll(&mut eventloop) => polled,
+            polled = eventloop.poll_traced() => polled,
         };
-        shared
-            .state
-            .send_modify(|state| state.polls = state.polls.wrapping_add(1));
+        shared.polled();
         match polled {
-            Ok((event, delivery)) => match P::classify(event, delivery) {
+            Ok((event, delivery)) => match classify::<P>(event, delivery) {
                 Polled::ConnAck {
                     session_present,
                     subscription_ids,
                 } => {
                     pause = RECONNECT_MIN;
-                    shared.epoch.fetch_add(1, Ordering::AcqRel);
-                    shared.state.send_modify(|state| state.connected = true);
+                    shared.set_connected(true);
                     if let Some(dispatcher) = &mut dispatcher {
                         dispatcher.connected(&client, &shared, session_present, subscription_ids);
                     }
@@ -221,7 +115,7 @@ async fn drive<P: Protocol>(
                 Polled::Other => {}
             },
             Err(_) => {
-                shared.state.send_modify(|state| state.connected = false);
+                shared.set_connected(false);
                 if shared.is_closing() {
                     break;
                 }
@@ -261,7 +155,7 @@ impl<P: Protocol> Dispatcher<P> {
     /// connection).
     fn connected(
         &mut self,
-        client: &P::Client,
+        client: &Client<P>,
         shared: &Shared,
         session_present: bool,
         subscription_ids: bool,
@@ -303,7 +197,10 @@ impl<P: Protocol> Dispatcher<P> {
         // Not awaited here: the poll loop must never wait for room in rumqttc's request queue.
         tokio::spawn(async move {
             for (filters, id) in packets {
-                if !P::subscribe(&client, filters, id).await {
+                for (filter, _) in &filters {
+                    client.subscribing(filter);
+                }
+                if P::subscribe(client.inner(), filters, id).await.is_err() {
                     break;
                 }
             }
@@ -349,51 +246,5 @@ impl<P: Protocol> Dispatcher<P> {
             // neither processed nor acknowledged.
             shared.queued.fetch_sub(1, Ordering::AcqRel);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn filters(names: &[&str]) -> Vec<Arc<str>> {
-        names.iter().map(|name| Arc::from(*name)).collect()
-    }
-
-    #[test]
-    fn subacks_answer_the_round_in_order_and_name_refused_filters() {
-        let shared = Shared::new();
-        assert!(!shared.watch().borrow().subscribed(), "no round yet");
-        shared.begin_round(vec![filters(&["a/#", "b/#"]), filters(&["c/#"])]);
-        assert!(shared.outstanding_subscriptions());
-        shared.suback(&[None, Some("not_authorized")]);
-        {
-            let state = shared.watch();
-            let state = state.borrow();
-            assert!(!state.subscribed());
-            assert_eq!(state.refused, [(Arc::from("b/#"), "not_authorized")]);
-        }
-        shared.suback(&[None]);
-        assert!(shared.watch().borrow().subscribed());
-        // A SUBACK nobody waits for (a subscription made through the client) changes nothing.
-        shared.suback(&[Some("failure")]);
-        assert_eq!(shared.watch().borrow().refused.len(), 1);
-        // A new round starts clean.
-        shared.begin_round(vec![filters(&["a/#"])]);
-        let state = shared.watch();
-        let state = state.borrow();
-        assert_eq!(state.rounds, 2);
-        assert!(state.refused.is_empty());
-        assert!(!state.subscribed());
-    }
-
-    #[test]
-    fn dropping_the_last_handle_asks_the_task_to_stop() {
-        let shared = Shared::new();
-        let stop = shared.stop.subscribe();
-        drop(DriverHandle {
-            shared: Arc::clone(&shared),
-        });
-        assert!(*stop.borrow());
     }
 }

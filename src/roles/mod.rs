@@ -1,34 +1,21 @@
 //! The high-level roles, [`crate::v4::TracedPublisher`] / [`crate::v4::TracedSubscriber`] and
-//! their MQTT 5 twins, written once over the private [`Protocol`] trait that the two protocol
-//! versions implement.
+//! their MQTT 5 twins, written once over [`crate::core::Protocol`]; `crate::v4` and `crate::v5`
+//! wrap them in their public types.
 //!
-//! - `driver`: the task that polls a traced event loop (reconnecting with a pause), shared by the
-//!   roles of one connection, and the dispatcher that hands incoming messages to the worker.
+//! - `shared`: what the handles of one connection observe and control of its task.
+//! - `driver`: the task that polls a traced event loop (reconnecting with a pause) and the
+//!   dispatcher that hands incoming messages to the worker.
 //! - `worker`: the routes, and the task that runs handlers one message at a time inside
 //!   `process` spans, then acknowledges.
 //! - `publisher`, `subscriber`: the version-independent halves of the roles.
-//! - `facade`: the macro that gives each version its public types with concrete signatures.
-//! - `v4`, `v5`: the [`Protocol`] implementations, the `Message` types and the facades.
 
 mod driver;
-mod facade;
-mod publisher;
-mod subscriber;
-pub(crate) mod v4;
-pub(crate) mod v5;
-mod worker;
+pub(crate) mod publisher;
+mod shared;
+pub(crate) mod subscriber;
+pub(crate) mod worker;
 
-use std::borrow::Cow;
-use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
-
-use bytes::Bytes;
-
-use crate::Error;
-use crate::core::{Core, Delivery};
-use crate::instrumentation::Instrumentation;
-use crate::semconv::MqttQoS;
 
 /// When a [`TracedSubscriber`](crate::v5::TracedSubscriber) acknowledges a QoS 1 or QoS 2
 /// message (PUBACK / PUBREC).
@@ -141,109 +128,6 @@ impl RetryPolicy {
             .unwrap_or(self.max_backoff)
             .min(self.max_backoff)
     }
-}
-
-/// What the roles need to know about one incoming PUBLISH, in version-independent form.
-#[derive(Debug, Clone)]
-pub(crate) struct PublishView<'a> {
-    pub(crate) topic: Cow<'a, str>,
-    pub(crate) qos: MqttQoS,
-    pub(crate) retain: bool,
-    pub(crate) dup: bool,
-    pub(crate) pkid: u16,
-    pub(crate) body_size: usize,
-}
-
-/// A polled event, as far as the roles care.
-pub(crate) enum Polled<P: Protocol> {
-    /// A CONNACK; `subscription_ids` says whether the broker supports subscription identifiers.
-    ConnAck {
-        session_present: bool,
-        subscription_ids: bool,
-    },
-    /// A SUBACK: per filter of the SUBSCRIBE, `None` when granted, else the refusal reason.
-    SubAck(Vec<Option<&'static str>>),
-    /// An incoming PUBLISH and what the traced event loop recorded for it.
-    Publish(P::Publish, Option<Delivery>),
-    /// The event loop wrote a DISCONNECT: the connection ends for good.
-    Disconnect,
-    /// Anything else.
-    Other,
-}
-
-/// The types and calls of one MQTT version that the roles use. Implemented by [`v4::V4`] and
-/// [`v5::V5`] only.
-pub(crate) trait Protocol: Sized + Send + Sync + 'static {
-    type Options: Send;
-    type Client: Clone + Send + Sync + fmt::Debug + 'static;
-    type EventLoop: Send + 'static;
-    type QoS: Copy + Send + Sync + fmt::Debug + 'static;
-    type Publish: Clone + Send + Sync + fmt::Debug + 'static;
-    type Event: Send;
-    type PollError: Send;
-    type ClientError: Send;
-
-    /// Whether the version has subscription identifiers (MQTT 5).
-    const SUBSCRIPTION_IDS: bool;
-
-    /// `TracedClient::with_instrumentation`.
-    fn pair(
-        options: Self::Options,
-        cap: usize,
-        instrumentation: Instrumentation,
-    ) -> (Self::Client, Self::EventLoop);
-
-    /// `MqttOptions::set_manual_acks(true)`.
-    fn enable_manual_acks(options: &mut Self::Options);
-
-    /// The shared core of a traced client.
-    fn core(client: &Self::Client) -> &Arc<Core>;
-
-    /// `TracedEventLoop::poll_traced`.
-    fn poll(
-        eventloop: &mut Self::EventLoop,
-    ) -> impl Future<Output = Result<(Self::Event, Option<Delivery>), Self::PollError>> + Send;
-
-    /// What the roles make of a polled event.
-    fn classify(event: Self::Event, delivery: Option<Delivery>) -> Polled<Self>;
-
-    /// The facts of an incoming PUBLISH.
-    fn view(publish: &Self::Publish) -> PublishView<'_>;
-
-    /// The subscription identifiers an incoming PUBLISH carries (none for MQTT 3.1.1).
-    fn subscription_ids(publish: &Self::Publish) -> &[usize];
-
-    /// Acknowledges an incoming PUBLISH; `false` when the event loop is gone.
-    fn ack(client: &Self::Client, publish: &Self::Publish) -> impl Future<Output = bool> + Send;
-
-    /// Sends one SUBSCRIBE with `filters`, tagged with subscription identifier `id`; `false` when
-    /// the event loop is gone.
-    fn subscribe(
-        client: &Self::Client,
-        filters: Vec<(String, Self::QoS)>,
-        id: Option<usize>,
-    ) -> impl Future<Output = bool> + Send;
-
-    /// `TracedClient::publish` (without waiting for the acknowledgement).
-    fn publish(
-        client: &Self::Client,
-        topic: String,
-        qos: Self::QoS,
-        retain: bool,
-        payload: Bytes,
-    ) -> impl Future<Output = Result<(), Self::ClientError>> + Send;
-
-    /// `TracedClient::publish_confirmed`.
-    fn publish_confirmed(
-        client: &Self::Client,
-        topic: String,
-        qos: Self::QoS,
-        retain: bool,
-        payload: Bytes,
-    ) -> impl Future<Output = Result<(), Error>> + Send;
-
-    /// `TracedClient::disconnect`; `false` when the event loop is gone.
-    fn disconnect(client: &Self::Client) -> impl Future<Output = bool> + Send;
 }
 
 #[cfg(test)]

@@ -10,11 +10,11 @@ use bytes::Bytes;
 use opentelemetry::trace::{FutureExt as _, SpanKind, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
 
-use super::Protocol;
 use super::RetryPolicy;
-use super::driver::{self, DriverHandle, Shared};
-use crate::Error;
-use crate::core::Core;
+use super::driver;
+use super::shared::{DriverHandle, Shared};
+use crate::core::{Client, Core, EventLoop, Protocol, PublishRequest};
+use crate::error::Error;
 use crate::semconv::{
     ERROR_TYPE, MESSAGING_CLIENT_ID, MESSAGING_DESTINATION_NAME, MESSAGING_SYSTEM,
     MESSAGING_SYSTEM_VALUE, SERVER_ADDRESS, SERVER_PORT,
@@ -42,7 +42,7 @@ pub(crate) fn error_type(error: &Error) -> &'static str {
 
 /// A traced client whose event loop runs in the connection task.
 pub(crate) struct PublisherCore<P: Protocol> {
-    pub(crate) client: P::Client,
+    pub(crate) client: Client<P>,
     pub(crate) driver: Arc<DriverHandle>,
 }
 
@@ -67,11 +67,12 @@ impl<P: Protocol> std::fmt::Debug for PublisherCore<P> {
 
 /// Attributes every helper span carries.
 fn helper_attributes(core: &Core) -> Vec<KeyValue> {
+    let connection = &core.telemetry.connection;
     vec![
         KeyValue::new(MESSAGING_SYSTEM, MESSAGING_SYSTEM_VALUE),
-        KeyValue::new(MESSAGING_CLIENT_ID, core.connection.client_id().to_owned()),
-        KeyValue::new(SERVER_ADDRESS, core.connection.server().host().to_owned()),
-        KeyValue::new(SERVER_PORT, i64::from(core.connection.server().port())),
+        KeyValue::new(MESSAGING_CLIENT_ID, connection.client_id().to_owned()),
+        KeyValue::new(SERVER_ADDRESS, connection.server().host().to_owned()),
+        KeyValue::new(SERVER_PORT, i64::from(connection.server().port())),
     ]
 }
 
@@ -114,7 +115,7 @@ async fn join_in_order<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
 
 impl<P: Protocol> PublisherCore<P> {
     /// Spawns the connection task for `eventloop` (no routes).
-    pub(crate) fn start(client: P::Client, eventloop: P::EventLoop) -> Self {
+    pub(crate) fn start(client: Client<P>, eventloop: EventLoop<P>) -> Self {
         let shared = Shared::new();
         driver::spawn::<P>(client.clone(), eventloop, Arc::clone(&shared), None);
         Self {
@@ -128,12 +129,12 @@ impl<P: Protocol> PublisherCore<P> {
     }
 
     pub(crate) fn core(&self) -> &Core {
-        P::core(&self.client)
+        self.client.core()
     }
 
     /// Publish spans not ended yet on this connection.
     pub(crate) fn open_publishes(&self) -> usize {
-        self.core().open_publishes()
+        self.core().publishes.open()
     }
 
     /// Waits until every publish made on this connection so far has ended (or the connection
@@ -166,7 +167,7 @@ impl<P: Protocol> PublisherCore<P> {
         self.flush().await;
         let shared = self.shared();
         shared.begin_closing();
-        if !P::disconnect(&self.client).await {
+        if P::disconnect(self.client.inner()).await.is_err() {
             shared.stop();
         }
         let mut state = shared.watch();
@@ -176,7 +177,8 @@ impl<P: Protocol> PublisherCore<P> {
     /// Clears the retained message of `topic`: a retained publish with an empty payload.
     pub(crate) async fn clear_retained(&self, topic: String, qos: P::QoS) -> Result<(), Error> {
         // The traced clients never wrap an empty retained payload, so this clears the message.
-        P::publish_confirmed(&self.client, topic, qos, true, Bytes::new()).await
+        let request = PublishRequest::new(topic, qos, true, Bytes::new());
+        self.client.publish_confirmed(request).await
     }
 
     /// Publishes every message (in order, concurrently) and waits for each outcome, inside an
@@ -188,7 +190,7 @@ impl<P: Protocol> PublisherCore<P> {
         messages: Vec<(String, Bytes)>,
     ) -> Vec<Result<(), Error>> {
         let core = self.core();
-        let tracer = &core.settings.tracer;
+        let tracer = &core.telemetry.settings.tracer;
         let mut attributes = helper_attributes(core);
         attributes.push(KeyValue::new(
             MESSAGING_BATCH_MESSAGE_COUNT,
@@ -204,7 +206,8 @@ impl<P: Protocol> PublisherCore<P> {
         let futures: Vec<_> = messages
             .into_iter()
             .map(|(topic, payload)| {
-                P::publish_confirmed(&self.client, topic, qos, retain, payload)
+                self.client
+                    .publish_confirmed(PublishRequest::new(topic, qos, retain, payload))
                     .with_context(cx.clone())
             })
             .collect();
@@ -234,7 +237,7 @@ impl<P: Protocol> PublisherCore<P> {
         policy: &RetryPolicy,
     ) -> Result<u32, Error> {
         let core = self.core();
-        let tracer = &core.settings.tracer;
+        let tracer = &core.telemetry.settings.tracer;
         let mut attributes = helper_attributes(core);
         attributes.push(KeyValue::new(MESSAGING_DESTINATION_NAME, topic.clone()));
         attributes.push(KeyValue::new(MAX_ATTEMPTS, i64::from(policy.attempts())));
@@ -247,10 +250,12 @@ impl<P: Protocol> PublisherCore<P> {
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
-            let outcome =
-                P::publish_confirmed(&self.client, topic.clone(), qos, retain, payload.clone())
-                    .with_context(cx.clone())
-                    .await;
+            let request = PublishRequest::new(topic.clone(), qos, retain, payload.clone());
+            let outcome = self
+                .client
+                .publish_confirmed(request)
+                .with_context(cx.clone())
+                .await;
             let span = cx.span();
             let error = match outcome {
                 Ok(()) => {

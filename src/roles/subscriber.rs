@@ -5,11 +5,15 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::driver::{self, Dispatcher, DriverHandle, Shared};
+use std::fmt::Display;
+
+use super::AckPolicy;
+use super::driver::{self, Dispatcher};
 use super::publisher::PublisherCore;
-use super::worker::{Handler, Handlers, RouteTable, work};
-use super::{AckPolicy, Protocol};
-use crate::Error;
+use super::shared::{DriverHandle, Shared};
+use super::worker::{Handler, HandlerFailure, Handlers, Incoming, RouteTable, work};
+use crate::core::{Client, EventLoop, Protocol};
+use crate::error::Error;
 use crate::instrumentation::Instrumentation;
 
 /// The default bound on queued QoS 0 messages.
@@ -19,7 +23,7 @@ pub(crate) const DEFAULT_QUEUE_CAPACITY: usize = 1024;
 /// registered.
 pub(crate) struct SubscriberBuilderCore<P: Protocol> {
     publisher: PublisherCore<P>,
-    eventloop: P::EventLoop,
+    eventloop: EventLoop<P>,
     table: RouteTable<P>,
     handlers: Handlers<P>,
     policy: AckPolicy,
@@ -51,7 +55,7 @@ impl<P: Protocol> SubscriberBuilderCore<P> {
         instrumentation: Instrumentation,
     ) -> Self {
         P::enable_manual_acks(&mut options);
-        let (client, eventloop) = P::pair(options, cap, instrumentation);
+        let (client, eventloop) = Client::new(options, cap, &instrumentation);
         Self {
             publisher: PublisherCore {
                 client,
@@ -67,7 +71,7 @@ impl<P: Protocol> SubscriberBuilderCore<P> {
         }
     }
 
-    pub(crate) fn client(&self) -> &P::Client {
+    pub(crate) fn client(&self) -> &Client<P> {
         &self.publisher.client
     }
 
@@ -75,12 +79,25 @@ impl<P: Protocol> SubscriberBuilderCore<P> {
         self.publisher.clone()
     }
 
-    pub(crate) fn route(
+    /// Adds a route whose handler takes the version's message type `M`, made from each
+    /// incoming message by `message`.
+    pub(crate) fn route<M, F, Fut, E>(
         mut self,
         filter: &str,
         qos: P::QoS,
-        handler: Handler<P>,
-    ) -> Result<Self, Error> {
+        message: fn(Incoming<P>) -> M,
+        handler: F,
+    ) -> Result<Self, Error>
+    where
+        M: 'static,
+        F: Fn(M) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Display + 'static,
+    {
+        let handler: Handler<P> = Arc::new(move |incoming| {
+            let run = handler(message(incoming));
+            Box::pin(async move { run.await.map_err(|error| HandlerFailure::new(&error)) })
+        });
         self.table
             .insert(&mut self.handlers, filter, qos, handler)?;
         Ok(self)
@@ -125,7 +142,7 @@ impl<P: Protocol> SubscriberBuilderCore<P> {
             Arc::clone(&shared),
         ));
         let dispatcher = Dispatcher {
-            core: Arc::clone(P::core(&publisher.client)),
+            core: Arc::clone(publisher.client.core()),
             table,
             queue,
             capacity,

@@ -12,11 +12,10 @@ use opentelemetry::Context;
 use opentelemetry::trace::{FutureExt as _, TraceContextExt as _};
 use tokio::sync::{mpsc, watch};
 
-use super::driver::Shared;
-use super::{AckPolicy, Protocol, PublishView};
-use crate::Error;
-use crate::core::{Core, Delivery, Processing};
-use crate::semconv::MessageFacts;
+use super::AckPolicy;
+use super::shared::Shared;
+use crate::core::{Client, Core, Delivery, Processing, Protocol, PublishView};
+use crate::error::Error;
 use crate::topic::TopicFilterSet;
 
 /// `error.type` of a handler that panicked.
@@ -182,15 +181,10 @@ fn start_process(
     filter: &str,
     view: &PublishView<'_>,
 ) -> Processing {
-    let facts = MessageFacts::new(&view.topic, view.qos)
-        .with_retained(view.retain)
-        .with_duplicate(view.dup)
-        .with_packet_id(Some(view.pkid))
-        .with_sizes(Some(view.body_size), None);
     let _ambient = Context::new()
         .with_remote_span_context(delivery.receive_span_context().clone())
         .attach();
-    core.start_process(delivery, filter, facts)
+    core.telemetry.start_process(delivery, filter, view.facts())
 }
 
 /// Records a QoS 0 message that is not processed because `capacity` messages are already
@@ -204,7 +198,8 @@ pub(crate) fn shed(
 ) {
     let processing = start_process(core, delivery, filter, view);
     let message = format!("not processed: {capacity} messages were already waiting");
-    core.end_process(processing, Some((QUEUE_FULL, &message)));
+    core.telemetry
+        .end_process(processing, Some((QUEUE_FULL, &message)));
 }
 
 /// Aborts a handler task when its run is abandoned (the worker is aborted).
@@ -251,11 +246,11 @@ async fn run<P: Protocol>(
     let _abort = AbortOnDrop(task.abort_handle());
     match task.await {
         Ok(Ok(())) => {
-            core.end_process(processing, None);
+            core.telemetry.end_process(processing, None);
             true
         }
         Ok(Err(failure)) => {
-            core.end_process(
+            core.telemetry.end_process(
                 processing,
                 Some((failure.error_type, &failure.message as &dyn Display)),
             );
@@ -263,11 +258,12 @@ async fn run<P: Protocol>(
         }
         Err(error) if error.is_panic() => {
             let message = panic_message(error.into_panic());
-            core.end_process(processing, Some((PANIC, &message as &dyn Display)));
+            core.telemetry
+                .end_process(processing, Some((PANIC, &message as &dyn Display)));
             false
         }
         Err(_) => {
-            core.end_process(
+            core.telemetry.end_process(
                 processing,
                 Some((CANCELLED, &"the handler task was cancelled" as &dyn Display)),
             );
@@ -284,11 +280,11 @@ pub(crate) async fn work<P: Protocol>(
     mut drain: watch::Receiver<bool>,
     table: Arc<RouteTable<P>>,
     handlers: Handlers<P>,
-    client: P::Client,
+    client: Client<P>,
     policy: AckPolicy,
     shared: Arc<Shared>,
 ) {
-    let core = Arc::clone(P::core(&client));
+    let core = Arc::clone(client.core());
     let mut draining = false;
     loop {
         let work = tokio::select! {
@@ -319,7 +315,7 @@ pub(crate) async fn work<P: Protocol>(
         // Only on the connection the message came on (see `AckPolicy`).
         if acknowledge && work.epoch == shared.epoch() {
             // `false`: the event loop is gone, and the message with it.
-            let _ = P::ack(&client, &work.publish).await;
+            let _ = P::ack(client.inner(), &work.publish).await;
         }
     }
 }
@@ -327,8 +323,8 @@ pub(crate) async fn work<P: Protocol>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::roles::v4::V4;
-    use crate::roles::v5::V5;
+    use crate::v4::V4;
+    use crate::v5::V5;
 
     fn handler<P: Protocol>() -> Handler<P> {
         Arc::new(|_| Box::pin(async { Ok(()) }))

@@ -182,6 +182,21 @@ fn match_bytes(topic: &[u8], filter: &[u8]) -> bool {
     }
 }
 
+/// The most specific of several matching filters: fewest wildcards, then longest, then
+/// alphabetical, so the choice never depends on the order filters were added in.
+pub(crate) fn most_specific<'a, S: AsRef<str> + ?Sized + 'a>(
+    filters: impl Iterator<Item = &'a S>,
+) -> Option<&'a S> {
+    filters.min_by(|a, b| {
+        let (a, b) = (matching_filter(a.as_ref()), matching_filter(b.as_ref()));
+        let wildcards = |f: &str| f.bytes().filter(|&c| c == b'+' || c == b'#').count();
+        wildcards(a)
+            .cmp(&wildcards(b))
+            .then(b.len().cmp(&a.len()))
+            .then(a.cmp(b))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,156 @@
+//! [`Client`]: the traced client, written once for both MQTT versions: a publish starts its span,
+//! carries its context, and is handed to rumqttc in the order the event loop will see it;
+//! subscriptions are remembered to name receive spans.
+
+use std::fmt;
+use std::sync::Arc;
+
+use super::event_loop::EventLoop;
+use super::protocol::{Attempt, Protocol, PublishRequest};
+use super::publish::{OpenPublish, confirmed};
+use super::shared::Core;
+use crate::error::Error;
+use crate::instrumentation::Instrumentation;
+
+/// A traced rumqttc client of protocol `P`. Clones share one connection.
+pub(crate) struct Client<P: Protocol> {
+    inner: P::AsyncClient,
+    core: Arc<Core>,
+}
+
+impl<P: Protocol> Clone for Client<P> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            core: Arc::clone(&self.core),
+        }
+    }
+}
+
+impl<P: Protocol> fmt::Debug for Client<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TracedClient")
+            .field("inner", &self.inner)
+            .field("connection", &self.core.telemetry.connection)
+            .finish()
+    }
+}
+
+impl<P: Protocol> Client<P> {
+    /// A client and its event loop, like rumqttc's `AsyncClient::new`.
+    pub(crate) fn new(
+        options: P::Options,
+        cap: usize,
+        instrumentation: &Instrumentation,
+    ) -> (Self, EventLoop<P>) {
+        let core = Arc::new(Core::new(instrumentation, P::connection(&options)));
+        let (inner, eventloop) = P::new_client(options, cap);
+        let client = Self {
+            inner,
+            core: Arc::clone(&core),
+        };
+        (client, EventLoop::new(eventloop, core))
+    }
+
+    /// rumqttc's client.
+    pub(crate) fn inner(&self) -> &P::AsyncClient {
+        &self.inner
+    }
+
+    /// The state shared with the event loop.
+    pub(crate) fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
+    /// Publishes without waiting for the acknowledgement.
+    pub(crate) async fn publish(
+        &self,
+        mut request: PublishRequest<P>,
+    ) -> Result<(), P::ClientError> {
+        if !P::valid_topic(&request.topic) {
+            // rumqttc refuses it before it reaches the queue; there is nothing to trace.
+            return Err(P::refused(request, Attempt::Send));
+        }
+        let open = self.start(&mut request);
+        self.send(open, request).await
+    }
+
+    /// Publishes and waits until the publish has ended, as its span does.
+    pub(crate) async fn publish_confirmed(
+        &self,
+        mut request: PublishRequest<P>,
+    ) -> Result<(), Error> {
+        if !P::valid_topic(&request.topic) {
+            return Err(Error::RequestRejected(format!(
+                "invalid topic name {:?}",
+                request.topic
+            )));
+        }
+        let mut open = self.start(&mut request);
+        let outcome = open.watch();
+        confirmed(self.send(open, request).await.map(|()| outcome)).await
+    }
+
+    /// Starts the span of a publish and carries its context in the request.
+    fn start(&self, request: &mut PublishRequest<P>) -> OpenPublish {
+        let telemetry = &self.core.telemetry;
+        let (mut open, parent) = telemetry.start_publish(
+            &request.topic,
+            request.qos.into(),
+            request.retain,
+            request.payload.len(),
+        );
+        P::carry(telemetry, &mut open, &parent, request);
+        open
+    }
+
+    /// Hands the request to rumqttc, in the table's order.
+    async fn send(
+        &self,
+        open: OpenPublish,
+        request: PublishRequest<P>,
+    ) -> Result<(), P::ClientError> {
+        self.core
+            .publishes
+            .send(&self.core.telemetry, open, P::send(&self.inner, request))
+            .await
+    }
+
+    /// Publishes if rumqttc's request channel has room now.
+    pub(crate) fn try_publish(&self, mut request: PublishRequest<P>) -> Result<(), P::ClientError> {
+        if !P::valid_topic(&request.topic) {
+            return Err(P::refused(request, Attempt::TrySend));
+        }
+        let open = self.start(&mut request);
+        self.core.publishes.try_send(
+            &self.core.telemetry,
+            open,
+            request,
+            |request| P::try_send(&self.inner, request),
+            |request| P::refused(request, Attempt::TrySend),
+        )
+    }
+
+    /// Remembers a filter subscribed through this client: it names the receive spans of the
+    /// messages it matches.
+    pub(crate) fn subscribing(&self, filter: &str) {
+        self.core.telemetry.subscribed(filter);
+    }
+
+    /// Remembers the filters of a `subscribe_many`.
+    pub(crate) fn subscribing_many<T: IntoIterator<Item = P::Filter>>(
+        &self,
+        filters: T,
+    ) -> Vec<P::Filter> {
+        let filters: Vec<P::Filter> = filters.into_iter().collect();
+        for filter in &filters {
+            self.subscribing(P::filter_path(filter));
+        }
+        filters
+    }
+
+    /// Forgets a filter unsubscribed through this client.
+    pub(crate) fn unsubscribing(&self, filter: &str) {
+        self.core.telemetry.unsubscribed(filter);
+    }
+}

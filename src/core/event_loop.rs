@@ -1,0 +1,174 @@
+//! [`EventLoop`]: the traced event loop, written once for both MQTT versions. It polls rumqttc's
+//! event loop and, on the way, ends publish spans at their acknowledgement, records a receive
+//! span per incoming PUBLISH, feeds the connection-health metrics, and recovers what rumqttc
+//! loses around reconnects.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::connection::ConnectionTracker;
+use super::consume::Delivery;
+use super::correlation::Failure;
+use super::protocol::{EventView, Protocol};
+use super::recovery::Recovery;
+use super::shared::Core;
+use crate::reconnect::ReconnectBackoff;
+
+/// A traced rumqttc event loop of protocol `P`.
+pub(crate) struct EventLoop<P: Protocol> {
+    inner: P::EventLoop,
+    core: Arc<Core>,
+    /// Connection state for the health metrics, and whether the next poll connects.
+    connection: ConnectionTracker,
+    /// Held requests, session loss and resend.
+    recovery: Recovery<P>,
+    /// Wait between failed connection attempts (off by default).
+    backoff: Option<ReconnectBackoff>,
+}
+
+impl<P: Protocol> EventLoop<P> {
+    pub(crate) fn new(inner: P::EventLoop, core: Arc<Core>) -> Self {
+        Self {
+            inner,
+            core,
+            connection: ConnectionTracker::default(),
+            recovery: Recovery::default(),
+            backoff: None,
+        }
+    }
+
+    /// rumqttc's event loop.
+    pub(crate) fn inner(&self) -> &P::EventLoop {
+        &self.inner
+    }
+
+    /// rumqttc's event loop, mutably.
+    pub(crate) fn inner_mut(&mut self) -> &mut P::EventLoop {
+        &mut self.inner
+    }
+
+    /// Publish spans not ended yet.
+    pub(crate) fn open_publish_spans(&self) -> usize {
+        self.core.publishes.open()
+    }
+
+    /// Whether requests rumqttc would drop after a session loss are sent again.
+    pub(crate) fn set_resend_after_session_loss(&mut self, resend: bool) {
+        self.recovery.resend = resend;
+    }
+
+    /// The wait between failed connection attempts.
+    pub(crate) fn set_reconnect_backoff(&mut self, backoff: Option<ReconnectBackoff>) {
+        self.backoff = backoff;
+    }
+
+    /// rumqttc's `poll`, traced.
+    pub(crate) async fn poll(&mut self) -> Result<P::Event, P::ConnectionError> {
+        self.poll_traced().await.map(|(event, _)| event)
+    }
+
+    /// rumqttc's `poll`, traced, with the [`Delivery`] of an incoming PUBLISH.
+    ///
+    /// A new connection is detected from its CONNACK. rumqttc 3.1.1 returns the CONNACK from
+    /// the poll that connects; rumqttc 5 queues it behind events left from the previous
+    /// connection, so it is looked for in the event queue too (the newest one there is this
+    /// connection's).
+    pub(crate) async fn poll_traced(
+        &mut self,
+    ) -> Result<(P::Event, Option<Delivery>), P::ConnectionError> {
+        let connecting = !self.connection.is_connected();
+        if connecting
+            && let Some(backoff) = &self.backoff
+            && let Some(failures) = self.connection.failed_attempts()
+        {
+            tokio::time::sleep(backoff.delay(failures)).await;
+        }
+        let attempt = self.recovery.before_poll(&mut self.inner, connecting);
+        let result = P::poll(&mut self.inner).await;
+        let telemetry = &self.core.telemetry;
+        let gauges = &telemetry.gauges;
+        gauges
+            .inflight
+            .store(u64::from(P::inflight(&self.inner)), Ordering::Relaxed);
+        gauges
+            .pending
+            .store(P::pending(&mut self.inner).len() as u64, Ordering::Relaxed);
+        self.core.publishes.sweep(telemetry);
+        let mut event = match result {
+            Ok(event) => event,
+            Err(error) => {
+                self.recovery.after_error(&mut self.inner, attempt);
+                self.connection.on_error(telemetry, P::error_type(&error));
+                self.core.publishes.on_connection_lost(
+                    telemetry,
+                    P::queued_events(&self.inner)
+                        .iter()
+                        .filter_map(|queued| P::event(queued).signal()),
+                );
+                return Err(error);
+            }
+        };
+        if let Some(attempt) = attempt
+            && let Some((session_present, receive_maximum)) = P::queued_events(&self.inner)
+                .iter()
+                .rev()
+                .chain(std::iter::once(&event))
+                .find_map(|queued| match P::event(queued) {
+                    EventView::ConnAck {
+                        session_present,
+                        receive_maximum,
+                        ..
+                    } => Some((session_present, receive_maximum)),
+                    _ => None,
+                })
+        {
+            self.connection.on_connack(telemetry);
+            self.recovery.after_connack(
+                &mut self.inner,
+                telemetry,
+                &self.core.publishes,
+                session_present,
+                receive_maximum,
+                attempt,
+            );
+        }
+        let (incoming, signal) = {
+            let view = P::event(&event);
+            match &view {
+                EventView::PingResp => self.connection.on_pingresp(telemetry),
+                EventView::Outgoing(outgoing) => self.connection.on_outgoing(telemetry, outgoing),
+                _ => {}
+            }
+            (matches!(view, EventView::Publish), view.signal())
+        };
+        if let Some(signal) = signal {
+            self.core.publishes.on_signal(telemetry, signal);
+        }
+        let delivery = if incoming {
+            P::incoming_publish(&mut event).map(|publish| P::receive(telemetry, publish))
+        } else {
+            None
+        };
+        Ok((event, delivery))
+    }
+}
+
+impl<P: Protocol> fmt::Debug for EventLoop<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TracedEventLoop")
+            .field("connected", &self.connection.is_connected())
+            .field("open_publish_spans", &self.open_publish_spans())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Protocol> Drop for EventLoop<P> {
+    fn drop(&mut self) {
+        let telemetry = &self.core.telemetry;
+        self.connection.close(telemetry);
+        self.core
+            .publishes
+            .close(telemetry, Failure::EventLoopDropped);
+    }
+}
