@@ -470,3 +470,65 @@ async fn releases_stay_with_rumqttc_and_qos2_ends_at_pubcomp() {
     let names: Vec<String> = ended(&exporter).into_iter().map(|(name, _)| name).collect();
     assert_eq!(names, ["publish q2", "receive in"]);
 }
+
+/// After a reconnect with the session, rumqttc first replays what it had written; those replays
+/// fill the in-flight window before any held publish is fed, or the fed one would take a packet
+/// id still in use by a replay and be parked on a collision.
+#[tokio::test]
+async fn replays_in_pending_take_their_places_in_the_window() {
+    let Setup {
+        client,
+        mut eventloop,
+        exporter,
+        _provider,
+    } = connected(2).await;
+    for name in ["a", "b", "c"] {
+        publish(&client, name).await;
+    }
+    eventloop
+        .inner_mut()
+        .then(FakeEventLoop::write)
+        .then(FakeEventLoop::write)
+        .then(|el| {
+            el.pending.extend([written("a", 1), written("b", 2)]);
+            el.break_connection()
+        });
+    poll_ok(&mut eventloop, 2).await;
+    assert!(eventloop.poll().await.is_err());
+    eventloop
+        .inner_mut()
+        .then(|_| {
+            Ok(FakeEvent::ConnAck {
+                session_present: true,
+            })
+        })
+        .then(|el| {
+            assert_eq!(
+                el.pending_payloads(),
+                ["a@1d", "b@2d"],
+                "c waits: the window is full"
+            );
+            el.write()
+        })
+        .then(|el| {
+            assert_eq!(el.pending_payloads(), ["b@2d"]);
+            el.write()
+        })
+        .then(|el| {
+            assert!(el.pending.is_empty());
+            el.puback(1)
+        })
+        .then(|el| {
+            assert_eq!(el.pending_payloads(), ["c@0"]);
+            el.write()
+        })
+        .then(|el| el.puback(2))
+        .then(|el| el.puback(3));
+    poll_ok(&mut eventloop, 7).await;
+    assert_eq!(ended(&exporter), ok(&["a", "b", "c"]));
+    let flags: Vec<(String, bool)> = [("a", true), ("b", true), ("c", false)]
+        .iter()
+        .map(|(name, dup)| (format!("publish {name}"), *dup))
+        .collect();
+    assert_eq!(duplicate_flags(&exporter), flags);
+}

@@ -222,15 +222,20 @@ impl<P: Protocol> Recovery<P> {
     }
 
     /// Feeds held requests back to rumqttc: at most one publish that needs a packet id at a
-    /// time, and only while the in-flight window has room and no publish is parked on a
-    /// collision, so that rumqttc never collides twice.
+    /// time, and only while the in-flight window has room (counting the replays rumqttc is about
+    /// to write) and no publish is parked on a collision, so that rumqttc never collides twice.
     fn feed(&mut self, inner: &mut P::EventLoop) {
-        let window = self.window(inner);
+        let window = usize::from(self.window(inner));
+        // Replays still in `pending` take their places in the window once rumqttc writes them.
+        let replays = P::pending(inner)
+            .iter()
+            .filter(|request| P::publish_of(request).is_some_and(|p| P::view(p).pkid != 0))
+            .count();
         while let Some(front) = self.held.front() {
             if takes_pkid::<P>(front)
                 && (P::pending(inner).iter().any(takes_pkid::<P>)
                     || P::collision(inner).is_some()
-                    || P::inflight(inner) >= window)
+                    || usize::from(P::inflight(inner)) + replays >= window)
             {
                 break;
             }

@@ -247,14 +247,17 @@ impl<T> Correlation<T> {
     }
 
     fn correlate_publish(&mut self, pkid: u16) -> Step<T> {
+        // A pkid still waiting for its acknowledgement is written again only as a replay: rumqttc
+        // frees a parked publish after handing out the PUBACK that frees its pkid, so a replay
+        // after a reconnect is told apart from the release of a publish parked on that pkid.
+        if pkid != 0 && self.awaiting_ack.contains_key(&pkid) {
+            return Step::Replayed(pkid);
+        }
         if let Some((parked, _)) = &self.collision
             && *parked == pkid
             && let Some((_, slot)) = self.collision.take()
         {
             return self.insert_awaiting(pkid, slot);
-        }
-        if pkid != 0 && self.awaiting_ack.contains_key(&pkid) {
-            return Step::Replayed(pkid);
         }
         match self.queued.pop_front() {
             None => Step::Pending,

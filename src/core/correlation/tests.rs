@@ -304,3 +304,26 @@ fn drain_takes_everything() {
     assert_eq!(table.drain(), ["a", "b", "c"]);
     assert_eq!(table.len(), 0);
 }
+
+/// A publish parked on pkid 1, then a reconnect: rumqttc replays the unacknowledged pkid 1 first
+/// (a replay, not the release of the parked publish), and frees the parked one only after the
+/// PUBACK of pkid 1, which it hands out before the parked publish's `Outgoing::Publish(1)`.
+#[test]
+fn a_replay_of_a_pkid_with_a_publish_parked_on_it_is_a_replay() {
+    let mut table = Correlation::default();
+    table.enqueue("first");
+    table.enqueue("parked");
+    pending(table.apply(Signal::Written(1)));
+    pending(table.apply(Signal::Parked(1)));
+    assert!(matches!(table.apply(Signal::Written(1)), Step::Replayed(1)));
+    assert_eq!(
+        done(table.apply_ack(Signal::PubAck, 1, None)),
+        ("first", Ok(()))
+    );
+    pending(table.apply(Signal::Written(1)));
+    assert_eq!(
+        done(table.apply_ack(Signal::PubAck, 1, None)),
+        ("parked", Ok(()))
+    );
+    assert_eq!(table.len(), 0);
+}
