@@ -6,7 +6,7 @@
 //!   span is a child of the publish span, in the same trace. MQTT 5 (bridge protocol `mqttv50`):
 //!   the trace context travels in user properties, which a broker must forward unaltered (MQTT 5
 //!   section 3.3.2.3.7, [MQTT-3.3.2-17]). MQTT 3.1.1 (bridge protocol `mqttv311`): in the
-//!   payload envelope (`V3Propagation::Envelope`), which a broker forwards as payload bytes.
+//!   payload envelope (`V4Propagation::Envelope`), which a broker forwards as payload bytes.
 //! * Shared subscription (MQTT 5 section 4.8.2): consumers in separate processes (this test
 //!   binary, re-executed with `MULTI_BROKER_CONSUMER` set, running the ignored test
 //!   `share_consumer_process`) subscribe `$share/workers/jobs/#`; one stream of messages is split

@@ -5,7 +5,7 @@
 pub mod v4 {
     pub use rumqttc::{MqttOptions, QoS};
     pub use rumqttc_opentelemetry::v4::{Message, TracedPublisher, TracedSubscriber};
-    use rumqttc_opentelemetry::{Instrumentation, V3Propagation};
+    use rumqttc_opentelemetry::{Instrumentation, V4Propagation};
 
     use crate::common::telemetry::Telemetry;
 
@@ -26,7 +26,7 @@ pub mod v4 {
     pub fn instrumentation(telemetry: &Telemetry) -> Instrumentation {
         telemetry
             .builder()
-            .v3_propagation(V3Propagation::Envelope)
+            .v4_propagation(V4Propagation::Envelope)
             .build()
     }
 }
