@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::telemetry::repeated_attribute_keys;
 use common::{Broker, unique_client_id};
 use opentelemetry::trace::{SpanId, SpanKind, Status};
 use opentelemetry_sdk::error::OTelSdkResult;
@@ -32,11 +33,25 @@ struct ProducerSpans {
     ids: HashSet<SpanId>,
     ended: usize,
     failed: Vec<String>,
+    /// Spans of any kind that repeat an attribute key: how many, and the first few.
+    repeated_keys: usize,
+    repeated_examples: Vec<String>,
 }
 
 impl SpanExporter for Counting {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let mut producer = self.producer.lock().unwrap();
+        for span in &batch {
+            let repeated = repeated_attribute_keys(span);
+            if !repeated.is_empty() {
+                producer.repeated_keys += 1;
+                if producer.repeated_examples.len() < 5 {
+                    producer
+                        .repeated_examples
+                        .push(format!("span {:?}: {repeated:?}", span.name));
+                }
+            }
+        }
         for span in batch
             .into_iter()
             .filter(|s| s.span_kind == SpanKind::Producer)
@@ -202,5 +217,11 @@ async fn a_qos1_stream_survives_five_broker_restarts() {
         producer.failed.is_empty(),
         "failed: {:?}",
         &producer.failed[..producer.failed.len().min(5)]
+    );
+    // Each attribute key at most once per span (OpenTelemetry attribute collections; OTLP).
+    assert_eq!(
+        producer.repeated_keys, 0,
+        "spans that repeat an attribute key, first ones: {:?}",
+        producer.repeated_examples
     );
 }

@@ -8,61 +8,20 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::Broker;
-use common::telemetry::{SpanLog, assert_error, assert_success, destination, packet_id};
+use common::telemetry::{
+    SpanLog, assert_error, assert_success, assert_unique_attribute_keys, destination, packet_id,
+};
 use common::traced::{
-    Config, DEADLINE, Ev, RECONNECT_PAUSE, TracedLoop, TracedPublish, client_sockets_to, freeze,
-    poll_through_errors_until, poll_until, poll_until_error, thaw, v4, v5, wait_until,
+    Config, DEADLINE, Ev, RECONNECT_PAUSE, TracedLoop, TracedPublish, client_sockets_to, drive,
+    freeze, poll_through_errors_until, poll_until, poll_until_error, thaw, v4, v5, wait_until,
 };
 use opentelemetry::trace::{SpanId, SpanKind};
-use tokio::sync::mpsc;
 use tokio::task::block_in_place;
 use tokio::time::timeout;
-
-/// Aborts a spawned task when dropped, so a failing test does not leave it running.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Drives an event loop in a task through connection errors (pausing after each, since rumqttc
-/// reconnects on the next poll without delay), forwarding every event.
-/// Also counts the connection errors.
-fn drive<L: TracedLoop>(
-    mut eventloop: L,
-) -> (
-    mpsc::UnboundedReceiver<Ev>,
-    Arc<AtomicUsize>,
-    AbortOnDrop<()>,
-) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let errors = Arc::new(AtomicUsize::new(0));
-    let errors_seen = Arc::clone(&errors);
-    let task = tokio::spawn(async move {
-        loop {
-            match eventloop.next().await {
-                Ok(event) => {
-                    if tx.send(event).is_err() {
-                        return;
-                    }
-                }
-                Err(_) => {
-                    errors_seen.fetch_add(1, Ordering::SeqCst);
-                    tokio::time::sleep(RECONNECT_PAUSE).await;
-                }
-            }
-        }
-    });
-    (rx, errors, AbortOnDrop(task))
-}
 
 const N: usize = 200;
 /// The in-flight window of the restart test: mosquitto's default receive maximum.
@@ -99,7 +58,7 @@ async fn persistent_session_survives_restart<C: TracedPublish>() {
         matches!(e, Ev::SubAck).then_some(())
     })
     .await;
-    let (mut sub_events, _, _sub_task) = drive(sub_loop);
+    let mut sub = drive(sub_loop);
 
     let (publisher, mut pub_loop) =
         C::connect(&broker, &persistent, 2 * N, pub_log.instrumentation());
@@ -107,7 +66,7 @@ async fn persistent_session_survives_restart<C: TracedPublish>() {
         matches!(e, Ev::ConnAck { .. }).then_some(())
     })
     .await;
-    let (mut pub_events, pub_errors, _pub_task) = drive(pub_loop);
+    let mut publisher_loop = drive(pub_loop);
 
     for i in 0..N / 2 {
         publisher
@@ -121,7 +80,7 @@ async fn persistent_session_survives_restart<C: TracedPublish>() {
     .await;
     block_in_place(|| broker.stop());
     wait_until("the publisher saw the connection drop", || {
-        pub_errors.load(Ordering::SeqCst) > 0
+        publisher_loop.error_count() > 0
     })
     .await;
     for i in N / 2..N {
@@ -135,7 +94,7 @@ async fn persistent_session_survives_restart<C: TracedPublish>() {
     let mut deliveries = 0;
     timeout(DEADLINE, async {
         while received.len() < N {
-            if let Some(Ev::Message { payload, .. }) = sub_events.recv().await {
+            if let Some(Ev::Message { payload, .. }) = sub.events.recv().await {
                 deliveries += 1;
                 received.insert(String::from_utf8(payload.to_vec()).unwrap());
             }
@@ -150,7 +109,7 @@ async fn persistent_session_survives_restart<C: TracedPublish>() {
     wait_until("every publish span ended", || pub_log.len() >= N).await;
     // The session came back: the publisher's CONNACKs, in order, say so after the first.
     let mut sessions = Vec::new();
-    while let Ok(event) = pub_events.try_recv() {
+    while let Ok(event) = publisher_loop.events.try_recv() {
         if let Ev::ConnAck { session_present } = event {
             sessions.push(session_present);
         }
@@ -172,6 +131,9 @@ async fn persistent_session_survives_restart<C: TracedPublish>() {
         assert_success(span);
         assert!(packet_id(span).is_some(), "{span:#?}");
     }
+    // Each attribute key at most once per span (OpenTelemetry attribute collections; OTLP).
+    assert_unique_attribute_keys(&pub_log.spans());
+    assert_unique_attribute_keys(&sub_log.spans());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -306,6 +268,8 @@ async fn lost_session_ends_dropped_publishes<C: TracedPublish>() {
     assert_eq!(destination(&ended[0]).as_deref(), Some("lost/after"));
     assert_eq!(packet_id(&ended[0]), Some(i64::from(pkid)));
     assert_eq!(eventloop.open_spans(), 0);
+    // Each attribute key at most once per span (OpenTelemetry attribute collections; OTLP).
+    assert_unique_attribute_keys(&log.spans());
 }
 
 /// (b') The same lost session with the crate's default, resending on (crate docs of
@@ -384,6 +348,9 @@ async fn lost_session_resends_dropped_publishes<C: TracedPublish>(count: usize, 
     payloads.sort();
     let expected: Vec<String> = (0..count).map(|i| i.to_string()).collect();
     assert_eq!(payloads, expected);
+    // Each attribute key at most once per span (OpenTelemetry attribute collections; OTLP).
+    assert_unique_attribute_keys(&log.spans());
+    assert_unique_attribute_keys(&sub_log.spans());
 }
 
 /// Three written publishes: the resend fits in the in-flight window.
@@ -465,6 +432,8 @@ async fn dropped_event_loop_ends_open_spans<C: TracedPublish>() {
     let late = log.since(2);
     assert_eq!(late.len(), 1, "{late:#?}");
     assert_error(&late[0], "request_failed");
+    // Each attribute key at most once per span (OpenTelemetry attribute collections; OTLP).
+    assert_unique_attribute_keys(&log.spans());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -555,6 +524,8 @@ async fn ack_timeout_with_traffic<C: TracedPublish>() {
     assert_success(producers[0]);
     assert_eq!(destination(producers[0]).as_deref(), Some("slow/next"));
     assert_eq!(packet_id(producers[0]), Some(i64::from(next_pkid)));
+    // Each attribute key at most once per span (OpenTelemetry attribute collections; OTLP).
+    assert_unique_attribute_keys(&log.spans());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -615,6 +586,8 @@ async fn ack_timeout_idle<C: TracedPublish>() {
     assert_eq!(ended.len(), 1, "{ended:#?}");
     assert_error(&ended[0], "ack_timeout");
     drop(broker);
+    // Each attribute key at most once per span (OpenTelemetry attribute collections; OTLP).
+    assert_unique_attribute_keys(&log.spans());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -751,6 +724,8 @@ async fn stale_event_then_lost_session<C: TracedPublish>(resend: bool, check_ack
     assert_success(&ended[0]);
     assert_eq!(packet_id(&ended[0]), Some(i64::from(pkid)));
     assert_eq!(eventloop.open_spans(), 0);
+    // Each attribute key at most once per span (OpenTelemetry attribute collections; OTLP).
+    assert_unique_attribute_keys(&log.spans());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -882,6 +857,8 @@ async fn pending_replay_beyond_the_inflight_window<C: TracedPublish>() {
         received(&broker.log()) == expected
     })
     .await;
+    // Each attribute key at most once per span (OpenTelemetry attribute collections; OTLP).
+    assert_unique_attribute_keys(&log.spans());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::telemetry::{Telemetry, attribute};
+use common::telemetry::{Telemetry, assert_unique_attribute_keys, attribute};
 use common::{Broker, unique_client_id};
 use metric_reader::MetricReader;
 use opentelemetry::trace::{SpanKind, Status};
@@ -201,6 +201,8 @@ async fn publishes_survive_a_broker_that_forgot_the_session() {
         resent > 0.0 && resent < N as f64,
         "resent counted: {resent}"
     );
+    // Each attribute key at most once per span (OpenTelemetry attribute collections; OTLP).
+    assert_unique_attribute_keys(&telemetry.spans());
 }
 
 /// With resending turned off, rumqttc's behaviour returns for what it had written: those
@@ -277,4 +279,6 @@ async fn without_resending_dropped_publishes_end_as_session_lost() {
         .unwrap()
         .unwrap();
     assert_eq!(pub_loop.open_publish_spans(), 0);
+    // Each attribute key at most once per span (OpenTelemetry attribute collections; OTLP).
+    assert_unique_attribute_keys(&telemetry.spans());
 }

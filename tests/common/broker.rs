@@ -273,6 +273,26 @@ impl BrokerBuilder {
         self.extra_config(&format!("max_queued_messages {n}"))
     }
 
+    /// A bridge (mosquitto.conf `connection`) from this broker to `remote`: this broker
+    /// connects to `remote` as client `{name}` with `protocol` (`mqttv50`, `mqttv311`) and
+    /// forwards `topic` in both directions at QoS 1 (`topic PATTERN both 1`). With `mqttv50`
+    /// the bridge subscribes with No Local, so nothing loops back. Wait for it with
+    /// [`Broker::wait_for_bridge`] on `remote`.
+    pub fn bridge(self, name: &str, remote: &Broker, topic: &str, protocol: &str) -> Self {
+        self.extra_config(&format!(
+            "connection {name}\n\
+             address {HOST}:{port}\n\
+             remote_clientid {name}\n\
+             bridge_protocol_version {protocol}\n\
+             topic {topic} both 1\n\
+             cleansession true\n\
+             notifications false\n\
+             start_type automatic\n\
+             restart_timeout 1\n",
+            port = remote.port()
+        ))
+    }
+
     /// Writes the files and starts the broker; panics (with the log tail) if it cannot.
     pub fn start(self) -> Broker {
         let binary = mosquitto_binary();
@@ -467,6 +487,13 @@ impl Broker {
                 .skip(1)
                 .any(|l| l.contains(then))
         })
+    }
+
+    /// Waits until the bridge `name` (see [`BrokerBuilder::bridge`]) of another broker has
+    /// connected to this one and its subscription is acknowledged, so that messages flow both
+    /// ways; `false` on timeout.
+    pub fn wait_for_bridge(&self, name: &str, timeout: Duration) -> bool {
+        self.wait_for_log(&format!("Sending SUBACK to {name}"), timeout)
     }
 
     /// Ids of the currently connected clients, from the broker's connection log

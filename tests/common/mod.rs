@@ -2,6 +2,8 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod broker;
+pub mod fault_proxy;
+pub mod kit;
 pub mod telemetry;
 pub mod traced;
 

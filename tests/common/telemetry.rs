@@ -226,3 +226,73 @@ pub fn assert_success(span: &SpanData) {
     assert_eq!(span.status, Status::Unset, "status of {span:#?}");
     assert_eq!(error_type(span), None, "error.type of {span:#?}");
 }
+
+/// The attribute keys that occur more than once on `span`, each named once, in order of first
+/// repetition.
+pub fn repeated_attribute_keys(span: &SpanData) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut repeated = Vec::new();
+    for kv in &span.attributes {
+        let key = kv.key.as_str();
+        if !seen.insert(key) && !repeated.iter().any(|k: &String| k == key) {
+            repeated.push(key.to_owned());
+        }
+    }
+    repeated
+}
+
+/// Asserts that every span has each attribute key at most once. OpenTelemetry's common
+/// attribute rules (and OTLP) require the keys of an attribute collection to be unique; the SDK
+/// appends, so setting a key twice on a span exports it twice. On failure names every offending
+/// span (name, span id) with its repeated keys and their values, and how many spans offend.
+#[track_caller]
+pub fn assert_unique_attribute_keys<'a>(spans: impl IntoIterator<Item = &'a SpanData>) {
+    let mut offenders = Vec::new();
+    let mut checked = 0;
+    let mut offending_spans = 0;
+    for span in spans {
+        checked += 1;
+        let repeated = repeated_attribute_keys(span);
+        offending_spans += usize::from(!repeated.is_empty());
+        for key in repeated {
+            let values: Vec<String> = span
+                .attributes
+                .iter()
+                .filter(|kv| kv.key.as_str() == key)
+                .map(|kv| kv.value.to_string())
+                .collect();
+            offenders.push(format!(
+                "span {:?} ({}): key {key} {} times: {values:?}",
+                span.name,
+                span.span_context.span_id(),
+                values.len()
+            ));
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "{} of {checked} spans repeat an attribute key (attribute keys must be unique); first ones:\n{}",
+        offending_spans,
+        offenders[..offenders.len().min(5)].join("\n")
+    );
+}
+
+impl Telemetry {
+    /// The exported spans of `kind` whose `messaging.destination.name` is `topic`.
+    pub fn spans_on(&self, kind: SpanKind, topic: &str) -> Vec<SpanData> {
+        self.spans_of(kind)
+            .into_iter()
+            .filter(|span| destination(span).as_deref() == Some(topic))
+            .collect()
+    }
+
+    /// Waits (bounded by `traced::DEADLINE`) until `n` spans of `kind` on `topic` were
+    /// exported, and returns them.
+    pub async fn wait_spans(&self, kind: SpanKind, topic: &str, n: usize) -> Vec<SpanData> {
+        super::traced::wait_until(&format!("{n} {kind:?} span(s) on {topic}"), || {
+            self.spans_on(kind.clone(), topic).len() >= n
+        })
+        .await;
+        self.spans_on(kind, topic)
+    }
+}

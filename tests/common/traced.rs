@@ -10,11 +10,13 @@
 use std::fmt::Debug;
 use std::future::Future;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttc::Outgoing;
 use rumqttc_opentelemetry::{Delivery, Instrumentation};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 
 use super::broker::{Broker, unique_client_id};
@@ -60,6 +62,8 @@ pub struct Config {
     pub keep_alive: Option<Duration>,
     /// The client id; a unique one when `None`.
     pub client_id: Option<String>,
+    /// Connect to this port on 127.0.0.1 instead of the broker's (a fault proxy in between).
+    pub port: Option<u16>,
     /// `TracedEventLoop::set_resend_after_session_loss`; the crate's default (on) when `None`.
     pub resend_after_session_loss: Option<bool>,
 }
@@ -111,7 +115,8 @@ pub mod v4 {
             .client_id
             .clone()
             .unwrap_or_else(|| unique_client_id("v4"));
-        let mut options = MqttOptions::new(id, broker.host(), broker.port());
+        let port = config.port.unwrap_or(broker.port());
+        let mut options = MqttOptions::new(id, broker.host(), port);
         if let Some(inflight) = config.inflight {
             options.set_inflight(inflight);
         }
@@ -219,7 +224,8 @@ pub mod v5 {
             .client_id
             .clone()
             .unwrap_or_else(|| unique_client_id("v5"));
-        let mut options = MqttOptions::new(id, broker.host(), broker.port());
+        let port = config.port.unwrap_or(broker.port());
+        let mut options = MqttOptions::new(id, broker.host(), port);
         if let Some(inflight) = config.inflight {
             options.set_outgoing_inflight_upper_limit(inflight);
         }
@@ -309,6 +315,65 @@ pub mod v5 {
                 .await
                 .expect("subscribe request queued");
         }
+    }
+}
+
+/// Aborts a spawned task when dropped, so a failing test does not leave it running.
+pub struct AbortOnDrop<T>(pub tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// An event loop polled in a task by [`drive`].
+pub struct Driven {
+    /// Every event, in order.
+    pub events: mpsc::UnboundedReceiver<Ev>,
+    /// Every connection error, with the time the poll returned it.
+    pub errors: Arc<Mutex<Vec<(Instant, String)>>>,
+    pub task: AbortOnDrop<()>,
+}
+
+impl Driven {
+    /// Connection errors seen so far.
+    pub fn error_count(&self) -> usize {
+        self.errors.lock().unwrap().len()
+    }
+
+    /// The connection errors seen so far.
+    pub fn errors(&self) -> Vec<(Instant, String)> {
+        self.errors.lock().unwrap().clone()
+    }
+}
+
+/// Drives an event loop in a task through connection errors (pausing [`RECONNECT_PAUSE`] after
+/// each, since rumqttc reconnects on the next poll without delay), forwarding every event and
+/// recording every error.
+pub fn drive<L: TracedLoop>(mut eventloop: L) -> Driven {
+    let (tx, events) = mpsc::unbounded_channel();
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&errors);
+    let task = tokio::spawn(async move {
+        loop {
+            match eventloop.next().await {
+                Ok(event) => {
+                    if tx.send(event).is_err() {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    seen.lock().unwrap().push((Instant::now(), error));
+                    tokio::time::sleep(RECONNECT_PAUSE).await;
+                }
+            }
+        }
+    });
+    Driven {
+        events,
+        errors,
+        task: AbortOnDrop(task),
     }
 }
 
