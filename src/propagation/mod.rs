@@ -33,7 +33,8 @@
 //! # MQTT 3.1.1
 //!
 //! MQTT 3.1.1 has no properties: see [`envelope`] for the opt-in binary envelope and
-//! [`json_fields`] for fields inside JSON-object payloads.
+//! [`json_fields`] for fields inside JSON-object payloads. Extraction follows the table above
+//! for both (several `tracestate` envelope headers or JSON members are one list, in order).
 //!
 //! ```
 //! use opentelemetry::propagation::TextMapPropagator;

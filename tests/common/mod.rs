@@ -2,6 +2,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod broker;
+pub mod carriers;
 pub mod telemetry;
 pub mod traced;
 

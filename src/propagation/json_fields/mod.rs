@@ -43,6 +43,14 @@
 //!   returns `None` for a name that occurs more than once at the top level (a duplicated
 //!   `traceparent` is ambiguous, so the receiver starts a new trace); [`JsonFields::get_all`]
 //!   returns every string value of that name.
+//! - **Several `tracestate` members.** RFC 8259 (section 4) says the names of an object SHOULD
+//!   be unique and leaves duplicates to the receiver; W3C Trace Context says several
+//!   `tracestate` fields are one list, combined in order. This crate never writes two: the
+//!   injector removes every `tracestate` member and writes one, with the whole list. When it
+//!   reads a payload that has several, it applies the W3C rule to them in payload order (their
+//!   string values, through [`Extractor::get_all`]), exactly as for several MQTT 5 user
+//!   properties or envelope headers, so all three carriers agree. Other JSON readers often keep
+//!   only the last member of a name, so a producer should not split the list.
 //! - **Non-string values.** A wanted member whose value is not a string (number, object, ...)
 //!   is not extracted, but it still counts as an occurrence of the name for [`JsonFields::get`].
 //! - **Nesting depth.** Nested arrays and objects inside member values are validated without
