@@ -234,10 +234,14 @@ impl W3CPropagator {
     pub fn extract_checked(&self, cx: &Context, extractor: &dyn Extractor) -> Extracted {
         let (mut context, traceparent_error, tracestate_error) = match extract_parts(extractor) {
             Ok(found) => {
-                let mut context = cx.with_remote_span_context(found.remote.clone());
-                if let Some(header) = found.full_tracestate {
-                    context = context.with_value(FullTracestate::new(&found.remote, header));
-                }
+                let full = found
+                    .full_tracestate
+                    .map(|header| FullTracestate::new(&found.remote, header));
+                let context = cx.with_remote_span_context(found.remote);
+                let context = match full {
+                    Some(full) => context.with_value(full),
+                    None => context,
+                };
                 (context, None, found.tracestate_error)
             }
             Err(TraceparentError::Missing) => (cx.clone(), None, None),

@@ -15,8 +15,8 @@
 //! - "tracestate Limits": a list too long to propagate is truncated by whole entries, entries
 //!   longer than 128 characters first, then from the end.
 //!
-//! Parsing works on the borrowed bytes with a fixed-size table of at most 32 members: nothing is
-//! allocated before the SDK's `TraceState` is built.
+//! Parsing works on the borrowed text; up to four members are kept without allocating before the
+//! SDK's `TraceState` is built.
 
 use opentelemetry::trace::TraceState;
 
@@ -57,21 +57,48 @@ pub enum TracestateError {
     Member(usize),
 }
 
-/// `keychar` of the spec's "Key" section.
-fn is_key_char(byte: u8) -> bool {
-    byte.is_ascii_lowercase()
-        || byte.is_ascii_digit()
-        || matches!(byte, b'_' | b'-' | b'*' | b'/' | b'@')
+/// Which bytes may appear in a key after its first character (`keychar` of the spec's "Key"
+/// section: `a-z 0-9 _ - * / @`) and in a value (`chr`: printable ASCII but `,` and `=`).
+const KEY_CHAR: u8 = 1;
+const VALUE_CHAR: u8 = 2;
+const CLASSES: [u8; 256] = {
+    let mut table = [0_u8; 256];
+    let mut byte = 0x20;
+    while byte <= 0x7e {
+        if byte != b',' as usize && byte != b'=' as usize {
+            table[byte] = VALUE_CHAR;
+        }
+        byte += 1;
+    }
+    let mut byte = 0;
+    while byte < 256 {
+        let c = byte as u8;
+        if c.is_ascii_lowercase()
+            || c.is_ascii_digit()
+            || matches!(c, b'_' | b'-' | b'*' | b'/' | b'@')
+        {
+            table[byte] |= KEY_CHAR;
+        }
+        byte += 1;
+    }
+    table
+};
+
+fn all_of(class: u8, bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .fold(class, |all, &byte| all & CLASSES[usize::from(byte)])
+        == class
 }
 
 /// `key = ( lcalpha / DIGIT ) 0*255 ( keychar )`: 1 to 256 characters, the first a lowercase
 /// letter or a digit.
 pub(crate) fn valid_key(key: &[u8]) -> bool {
-    match key.split_first() {
-        Some((first, rest)) => {
+    match key.first() {
+        Some(first) => {
             key.len() <= 256
                 && (first.is_ascii_lowercase() || first.is_ascii_digit())
-                && rest.iter().all(|&byte| is_key_char(byte))
+                && all_of(KEY_CHAR, key)
         }
         None => false,
     }
@@ -80,30 +107,66 @@ pub(crate) fn valid_key(key: &[u8]) -> bool {
 /// `value = 0*255(chr) nblk-chr`: 1 to 256 printable ASCII characters other than `,` and `=`,
 /// the last not a space (leading spaces are part of the value).
 pub(crate) fn valid_value(value: &[u8]) -> bool {
-    (1..=256).contains(&value.len())
-        && value
-            .iter()
-            .all(|&byte| (0x20..=0x7e).contains(&byte) && byte != b',' && byte != b'=')
-        && value.last() != Some(&b' ')
+    (1..=256).contains(&value.len()) && all_of(VALUE_CHAR, value) && value.last() != Some(&b' ')
 }
 
 /// The optional white space around list-members: spaces and horizontal tabs.
 fn trim_ows(member: &str) -> &str {
-    member.trim_matches([' ', '\t'])
+    let bytes = member.as_bytes();
+    let is_ows = |byte: &u8| *byte == b' ' || *byte == b'\t';
+    let start = bytes.iter().position(|b| !is_ows(b)).unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !is_ows(b))
+        .map_or(start, |at| at + 1);
+    // Both ends are next to ASCII bytes (or the string's ends), so they are char boundaries.
+    member.get(start..end).unwrap_or("")
 }
 
+/// The list-members of a field, split at `,` (not trimmed); a byte scan, cheaper than
+/// `str::split` on the short fields a `tracestate` has.
+fn split_members(field: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(field);
+    std::iter::from_fn(move || {
+        let current = rest?;
+        match current.bytes().position(|byte| byte == b',') {
+            Some(at) => {
+                rest = current.get(at + 1..);
+                current.get(..at)
+            }
+            None => {
+                rest = None;
+                Some(current)
+            }
+        }
+    })
+}
+
+/// `key=value` split at the first `=` (a byte scan, like [`split_members`]).
+fn split_pair(member: &str) -> Option<(&str, &str)> {
+    let at = member.bytes().position(|byte| byte == b'=')?;
+    Some((member.get(..at)?, member.get(at + 1..)?))
+}
+
+/// Members kept without allocating; a longer list spills into a `Vec`.
+const INLINE: usize = 4;
+
 /// The list-members of a parsed `tracestate`, in order, borrowed from the fields; no key twice.
-#[derive(Debug, Clone, Copy)]
+/// Small and cheap to move: up to four members live inline.
+#[derive(Debug, Clone)]
 pub(crate) struct Members<'a> {
-    entries: [(&'a str, &'a str); MAX_TRACESTATE_MEMBERS],
+    inline: [(&'a str, &'a str); INLINE],
     len: usize,
+    /// Every member, once there are more than [`INLINE`].
+    spilled: Vec<(&'a str, &'a str)>,
 }
 
 impl<'a> Members<'a> {
     fn new() -> Self {
         Self {
-            entries: [("", ""); MAX_TRACESTATE_MEMBERS],
+            inline: [("", ""); INLINE],
             len: 0,
+            spilled: Vec::new(),
         }
     }
 
@@ -124,7 +187,7 @@ impl<'a> Members<'a> {
         let mut received = 0;
         let mut index = 0;
         for field in fields {
-            for member in field.split(',') {
+            for member in split_members(field) {
                 let at = index;
                 index += 1;
                 let member = trim_ows(member);
@@ -135,7 +198,7 @@ impl<'a> Members<'a> {
                     return Err(TracestateError::TooManyMembers);
                 }
                 received += 1;
-                let (key, value) = member.split_once('=').ok_or(TracestateError::Member(at))?;
+                let (key, value) = split_pair(member).ok_or(TracestateError::Member(at))?;
                 if !valid_key(key.as_bytes()) || !valid_value(value.as_bytes()) {
                     return Err(TracestateError::Member(at));
                 }
@@ -156,23 +219,45 @@ impl<'a> Members<'a> {
         members
     }
 
-    fn push(&mut self, key: &'a str, value: &'a str) {
-        if let Some(slot) = self.entries.get_mut(self.len) {
-            *slot = (key, value);
-            self.len += 1;
+    fn as_slice(&self) -> &[(&'a str, &'a str)] {
+        if self.len > INLINE {
+            &self.spilled
+        } else {
+            &self.inline[..self.len]
         }
     }
 
-    fn remove(&mut self, at: usize) {
-        if at < self.len {
-            self.entries.copy_within(at + 1..self.len, at);
-            self.len -= 1;
+    fn push(&mut self, key: &'a str, value: &'a str) {
+        if self.len < INLINE {
+            self.inline[self.len] = (key, value);
+        } else {
+            if self.len == INLINE {
+                self.spilled.extend_from_slice(&self.inline);
+            }
+            self.spilled.push((key, value));
         }
+        self.len += 1;
+    }
+
+    fn remove(&mut self, at: usize) {
+        if at >= self.len {
+            return;
+        }
+        if self.len > INLINE {
+            self.spilled.remove(at);
+            if self.spilled.len() == INLINE {
+                self.inline.copy_from_slice(&self.spilled);
+                self.spilled.clear();
+            }
+        } else {
+            self.inline.copy_within(at + 1..self.len, at);
+        }
+        self.len -= 1;
     }
 
     /// The members, in order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&'a str, &'a str)> + '_ {
-        self.entries[..self.len].iter().copied()
+        self.as_slice().iter().copied()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -194,18 +279,20 @@ impl<'a> Members<'a> {
         let mut at = self.len;
         while self.header_len() > limit && at > 0 {
             at -= 1;
-            if entry_len(self.entries[at]) > LONG_ENTRY_LEN {
+            if entry_len(self.as_slice()[at]) > LONG_ENTRY_LEN {
                 self.remove(at);
             }
         }
         while self.header_len() > limit && self.len > 0 {
-            self.len -= 1;
+            self.remove(self.len - 1);
         }
     }
 
     /// Fits the list into what this crate propagates.
     pub(crate) fn truncate_for_propagation(&mut self) {
-        self.truncate_to(MAX_HEADER_LEN);
+        if self.header_len() > MAX_HEADER_LEN {
+            self.truncate_to(MAX_HEADER_LEN);
+        }
     }
 
     /// Writes `key=value,key=value...` in one allocation.
@@ -335,7 +422,7 @@ mod tests {
         };
         let ok = fields(32);
         let ok: Vec<&str> = ok.iter().map(String::as_str).collect();
-        assert_eq!(Members::parse(&ok).unwrap().len, 32);
+        assert_eq!(Members::parse(&ok).unwrap().iter().count(), 32);
         let over = fields(33);
         let over: Vec<&str> = over.iter().map(String::as_str).collect();
         assert_eq!(
