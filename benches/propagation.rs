@@ -16,7 +16,7 @@ use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, Tra
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use rumqttc_opentelemetry::propagation::{
     UserPropertiesExtractor, UserPropertiesInjector, W3CPropagator, envelope, format_traceparent,
-    parse_traceparent,
+    parse_traceparent, parse_tracestate,
 };
 use rumqttc_opentelemetry::semconv::{
     ConnectionAttributes, MessageFacts, MqttQoS, Operation, ProtocolVersion,
@@ -110,6 +110,12 @@ fn extract(c: &mut Criterion) {
     });
     group.bench_function("parse_traceparent", |b| {
         b.iter(|| parse_traceparent(black_box(TRACEPARENT)))
+    });
+    group.bench_function("parse_tracestate (2 members)", |b| {
+        b.iter(|| parse_tracestate(black_box("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE")))
+    });
+    group.bench_function("sdk TraceState::from_str (2 members)", |b| {
+        b.iter(|| black_box("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE").parse::<TraceState>())
     });
     group.finish();
 }

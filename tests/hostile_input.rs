@@ -348,8 +348,9 @@ fn one_hundred_duplicate_traceparents_start_a_new_trace() {
     }
 }
 
-/// W3C 3.3.1 + DESIGN.md ("tracestate: at most 32 members"; two tracestates are dropped): a
-/// thousand tracestate properties, or one of 10,000 members, lose the trace state, not the trace.
+/// W3C 3.3.1 + DESIGN.md ("tracestate: at most 32 members"; several tracestates are one list): a
+/// thousand tracestate properties (one list of 1,000 members), or one of 10,000 members, lose the
+/// trace state, not the trace.
 #[test]
 fn floods_of_tracestate_keep_the_trace() {
     let mut properties = props(&[(TRACEPARENT, TP)]);

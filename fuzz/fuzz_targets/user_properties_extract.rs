@@ -7,15 +7,17 @@
 //! Invariants (DESIGN.md "Propagation"; W3C Trace Context Level 1, 3.2 and 3.3):
 //! - nothing panics;
 //! - `extract_span_context` agrees with a reference model written here: exactly one
-//!   `traceparent` that is strictly valid -> Ok with its ids; none -> Missing; two or more ->
+//!   `traceparent` that is strictly valid -> Ok with its ids and its `sampled` and
+//!   `random-trace-id` flags (the reserved ones cleared); none -> Missing; two or more ->
 //!   Duplicate(n); otherwise a rejection;
 //! - `extract_checked` returns a remote span context exactly when that is Ok, and reports the
 //!   error otherwise (None when the traceparent is merely missing);
 //! - an extracted context re-formatted with `format_traceparent` parses back to the same ids;
 //! - whatever the strict parser accepts, the SDK's lenient parser accepts with the same ids;
-//! - a `tracestate` is read only with a valid `traceparent`, only when given once, and has at
-//!   most 32 members; baggage has at most 64 entries and only comes from one `baggage` of at
-//!   most 8,192 bytes.
+//! - a `tracestate` is read only with a valid `traceparent`; several are one list, combined in
+//!   order (the same as parsing them joined by `,`), dropped whole when one of them is longer
+//!   than 8,192 bytes; the state kept has at most 32 members; baggage has at most 64 entries and
+//!   only comes from one `baggage` of at most 8,192 bytes.
 #![no_main]
 
 use arbitrary::{Arbitrary, Unstructured};
@@ -27,7 +29,8 @@ use opentelemetry::trace::{SpanId, TraceContextExt, TraceFlags, TraceId, TraceSt
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use rumqttc_opentelemetry::propagation::{
     MAX_PROPAGATION_VALUE_LEN, TraceparentError, UserPropertiesExtractor, W3CPropagator,
-    extract_span_context, format_traceparent, parse_traceparent, parse_tracestate,
+    KNOWN_TRACE_FLAGS, TracestateError, extract_span_context, format_traceparent,
+    parse_traceparent, parse_tracestate,
 };
 
 #[derive(Debug, Arbitrary)]
@@ -122,8 +125,9 @@ impl Property {
 }
 
 /// Reference parser of a `traceparent`, written from W3C Trace Context 3.2 independently of the
-/// crate's: `(trace id, span id, sampled)` or `None`.
-fn reference_traceparent(value: &str) -> Option<(u128, u64, bool)> {
+/// crate's: `(trace id, span id, flags)` or `None`; the flags keep `sampled` and
+/// `random-trace-id` (Level 2) and clear the reserved bits.
+fn reference_traceparent(value: &str) -> Option<(u128, u64, u8)> {
     let lower_hex =
         |s: &str| !s.is_empty() && s.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f'));
     let bytes = value.as_bytes();
@@ -156,7 +160,7 @@ fn reference_traceparent(value: &str) -> Option<(u128, u64, bool)> {
     let trace = u128::from_str_radix(fields[1], 16).ok()?;
     let span = u64::from_str_radix(fields[2], 16).ok()?;
     let flags = u8::from_str_radix(fields[3], 16).ok()?;
-    (trace != 0 && span != 0).then_some((trace, span, flags & 1 == 1))
+    (trace != 0 && span != 0).then_some((trace, span, flags & 0x03))
 }
 
 fn values_of<'a>(properties: &'a [(String, String)], name: &str) -> Vec<&'a str> {
@@ -199,11 +203,10 @@ fuzz_target!(|data: &[u8]| {
         let strict = parse_traceparent(value);
         let reference = reference_traceparent(value);
         match (&strict, reference) {
-            (Ok(parsed), Some((trace, span, sampled))) => {
+            (Ok(parsed), Some((trace, span, flags))) => {
                 assert_eq!(parsed.trace_id, TraceId::from(trace));
                 assert_eq!(parsed.span_id, SpanId::from(span));
-                assert_eq!(parsed.flags.is_sampled(), sampled);
-                assert_eq!(parsed.flags & !TraceFlags::SAMPLED, TraceFlags::default());
+                assert_eq!(parsed.flags, TraceFlags::new(flags));
             }
             (Err(_), None) => {}
             _ => panic!("strict {strict:?} vs reference {reference:?} for {value:?}"),
@@ -217,11 +220,11 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(*n, many.len())
         }
         (Ok((context, _)), [one]) => {
-            let (trace, span, sampled) =
+            let (trace, span, flags) =
                 reference_traceparent(one).expect("accepted a traceparent the reference rejects");
             assert_eq!(context.trace_id(), TraceId::from(trace));
             assert_eq!(context.span_id(), SpanId::from(span));
-            assert_eq!(context.is_sampled(), sampled);
+            assert_eq!(context.trace_flags(), TraceFlags::new(flags));
             assert!(context.is_remote() && context.is_valid());
         }
         (Err(_), [one]) => assert!(
@@ -231,23 +234,35 @@ fuzz_target!(|data: &[u8]| {
         _ => panic!("{checked:?} for traceparents {traceparents:?}"),
     }
 
-    // tracestate: read only with a valid traceparent, only once, bounded.
+    // tracestate: read only with a valid traceparent; all fields one list; bounded.
     if let Ok((context, tracestate_error)) = &checked {
         let state = context.trace_state();
-        if tracestates.len() == 1 && tracestates[0].len() <= MAX_PROPAGATION_VALUE_LEN {
-            let expected = parse_tracestate(tracestates[0]);
+        let oversized = tracestates
+            .iter()
+            .find(|field| field.len() > MAX_PROPAGATION_VALUE_LEN);
+        if let Some(field) = oversized {
+            assert_eq!(*state, TraceState::NONE);
+            assert_eq!(
+                *tracestate_error,
+                Some(TracestateError::Oversized(field.len()))
+            );
+        } else if tracestates.is_empty() {
+            assert_eq!(*state, TraceState::NONE);
+            assert_eq!(*tracestate_error, None);
+        } else {
+            let expected = parse_tracestate(&tracestates.join(","));
             assert_eq!(tracestate_error.clone(), expected.clone().err());
             if let Ok(expected) = expected {
                 assert_eq!(state.header(), expected.header());
                 let members = state.header().split(',').filter(|m| !m.is_empty()).count();
                 assert!(members <= 32, "{members} tracestate members");
+                assert!(state.header().len() <= MAX_PROPAGATION_VALUE_LEN);
                 // What we kept is itself valid and stable.
                 let again = parse_tracestate(&state.header()).expect("kept tracestate re-parses");
                 assert_eq!(again.header(), state.header());
+            } else {
+                assert_eq!(*state, TraceState::NONE);
             }
-        } else {
-            assert_eq!(*state, TraceState::NONE);
-            assert_eq!(*tracestate_error, None);
         }
 
         // Re-format and parse back.
@@ -256,7 +271,7 @@ fuzz_target!(|data: &[u8]| {
         let parsed = parse_traceparent(&text).expect("own traceparent parses");
         assert_eq!(parsed.trace_id, context.trace_id());
         assert_eq!(parsed.span_id, context.span_id());
-        assert_eq!(parsed.flags, context.trace_flags() & TraceFlags::SAMPLED);
+        assert_eq!(parsed.flags, context.trace_flags() & KNOWN_TRACE_FLAGS);
 
         // The SDK's lenient parser accepts whatever the strict one does, with the same ids.
         let sdk = TraceContextPropagator::new().extract(&extractor);
@@ -265,7 +280,11 @@ fuzz_target!(|data: &[u8]| {
         assert!(sdk_context.is_valid(), "SDK rejected {traceparents:?}");
         assert_eq!(sdk_context.trace_id(), context.trace_id());
         assert_eq!(sdk_context.span_id(), context.span_id());
-        assert_eq!(sdk_context.trace_flags(), context.trace_flags());
+        // The SDK keeps the sampled flag only (no Level 2 random-trace-id).
+        assert_eq!(
+            sdk_context.trace_flags(),
+            context.trace_flags() & TraceFlags::SAMPLED
+        );
     }
 
     for propagator in [W3CPropagator::new(), W3CPropagator::without_baggage()] {

@@ -119,12 +119,15 @@ impl Extractor for UserPropertiesExtractor<'_> {
     }
 
     fn get_all(&self, key: &str) -> Option<Vec<&str>> {
-        let values: Vec<&str> = self
-            .properties
-            .iter()
-            .filter(|(name, _)| name == key)
-            .map(|(_, value)| value.as_str())
-            .collect();
-        (!values.is_empty()).then_some(values)
+        // The extraction asks for every `tracestate` whenever `get` finds none, so the common
+        // absent case is one scan without building anything.
+        let first = self.properties.iter().position(|(name, _)| name == key)?;
+        Some(
+            self.properties[first..]
+                .iter()
+                .filter(|(name, _)| name == key)
+                .map(|(_, value)| value.as_str())
+                .collect(),
+        )
     }
 }

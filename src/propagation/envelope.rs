@@ -22,7 +22,8 @@
 //! version-1 envelope (truncated, a header length past the end, pairs that do not fill the
 //! header block, invalid UTF-8, another version) is delivered unchanged, and the problem is
 //! returned as an [`EnvelopeError`] for the caller to record. Header names follow the MQTT 5
-//! user-property convention: `traceparent`, `tracestate`, `baggage`.
+//! user-property convention: `traceparent`, `tracestate`, `baggage`; as in MQTT 5, a name may
+//! repeat, and several `tracestate` headers are one list, combined in order.
 //!
 //! ```
 //! use bytes::Bytes;

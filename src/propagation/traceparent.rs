@@ -1,19 +1,24 @@
-//! Strict W3C Trace Context parsing and formatting of `traceparent` and `tracestate`.
+//! Strict W3C Trace Context parsing and formatting of `traceparent`, trace flags included.
 //!
 //! The SDK's `TraceContextPropagator` trims white space, accepts a version-00 value with extra
-//! fields, and turns an invalid `tracestate` into an empty one only after it has split and copied
-//! it. Here every rule of W3C Trace Context (Level 1, section 3.2 and 3.3) is checked on the bytes,
-//! without allocating, before anything is built.
+//! fields or fields of the wrong length, and keeps only the `sampled` flag. Here every rule of the
+//! spec's "Traceparent Header" section is checked on the bytes, without allocating, and both
+//! flags the current spec defines (`sampled` and Level 2's `random-trace-id`) are kept.
 
-use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId};
 
 /// The longest `traceparent` accepted from a future version (W3C 3.2.4 lets later versions append
 /// fields after the 55 bytes of version 00; nothing legitimate needs more than this).
 pub const MAX_TRACEPARENT_LEN: usize = 512;
-/// The most list-members a `tracestate` may have (W3C 3.3.1).
-pub const MAX_TRACESTATE_MEMBERS: usize = 32;
-/// The longest `tracestate` accepted; 32 members of the longest key and value fit.
-pub const MAX_TRACESTATE_LEN: usize = 32 * (256 + 1 + 256) + 31;
+
+/// The `random-trace-id` trace flag (`0x02`, spec section "Random Trace ID Flag", Trace Context
+/// Level 2): at least the right-most 7 bytes of the trace id are random. opentelemetry 0.33's
+/// `TraceFlags` has a constant for `sampled` only; this is the other one.
+pub const RANDOM_TRACE_ID_FLAG: TraceFlags = TraceFlags::new(0x02);
+
+/// The trace flags this crate reads and writes: `sampled` and `random-trace-id`. The others are
+/// reserved; a receiver sets them to zero (spec section "Other Flags").
+pub const KNOWN_TRACE_FLAGS: TraceFlags = TraceFlags::new(0x03);
 
 const VERSION_00_LEN: usize = 55;
 
@@ -67,8 +72,8 @@ pub struct Traceparent {
     pub trace_id: TraceId,
     /// The id of the parent span (never [`SpanId::INVALID`]).
     pub span_id: SpanId,
-    /// The trace flags; only the `sampled` bit is kept, as W3C 3.2.2.5 asks of a version-00
-    /// parser for the bits it does not know.
+    /// The trace flags: `sampled` and `random-trace-id` as received; the reserved bits are
+    /// cleared (spec section "Other Flags": vendors set them to zero).
     pub flags: TraceFlags,
 }
 
@@ -168,7 +173,7 @@ pub fn parse_traceparent(value: &str) -> Result<Traceparent, TraceparentError> {
     Ok(Traceparent {
         trace_id: TraceId::from(trace_id),
         span_id: SpanId::from(span_id),
-        flags: TraceFlags::new(flags as u8) & TraceFlags::SAMPLED,
+        flags: TraceFlags::new(flags as u8) & KNOWN_TRACE_FLAGS,
     })
 }
 
@@ -182,7 +187,9 @@ fn write_hex(out: &mut [u8], bytes: &[u8]) {
 }
 
 /// Formats the `traceparent` (version 00) of a span context: one 55-byte allocation, no
-/// formatting machinery.
+/// formatting machinery. The `sampled` and `random-trace-id` flags are written as they are in
+/// the context (spec section "Random Trace ID Flag": a continued trace keeps the flag), the
+/// reserved ones as zero.
 ///
 /// ```
 /// use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
@@ -210,112 +217,16 @@ pub fn format_traceparent(context: &SpanContext) -> String {
     out[52] = b'-';
     write_hex(
         &mut out[53..55],
-        &[(context.trace_flags() & TraceFlags::SAMPLED).to_u8()],
+        &[(context.trace_flags() & KNOWN_TRACE_FLAGS).to_u8()],
     );
     // Every byte written above is ASCII, so the conversion cannot fail.
     std::str::from_utf8(&out).map_or_else(|_| String::new(), str::to_owned)
 }
 
-/// Why a `tracestate` was discarded. The `traceparent` still counts: W3C 3.3.1.1 lets a receiver
-/// drop an invalid `tracestate` and keep the trace.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum TracestateError {
-    /// More than [`MAX_TRACESTATE_MEMBERS`] list-members.
-    #[error("tracestate has more than {MAX_TRACESTATE_MEMBERS} list-members")]
-    TooManyMembers,
-    /// Longer than [`MAX_TRACESTATE_LEN`].
-    #[error("tracestate of {0} bytes exceeds the limit of {MAX_TRACESTATE_LEN}")]
-    Oversized(usize),
-    /// A list-member is not `key=value`, or its key or value breaks W3C 3.3.1.3.
-    #[error("tracestate list-member {0} is malformed")]
-    Member(usize),
-    /// Two list-members share a key (W3C 3.3.1.1).
-    #[error("tracestate key {0:?} appears twice")]
-    DuplicateKey(String),
-}
-
-fn is_key_char(byte: u8) -> bool {
-    byte.is_ascii_lowercase() || byte.is_ascii_digit() || matches!(byte, b'_' | b'-' | b'*' | b'/')
-}
-
-/// W3C 3.3.1.3.1: `simple-key` or `tenant-id@system-id`.
-fn valid_key(key: &[u8]) -> bool {
-    match key.iter().position(|&byte| byte == b'@') {
-        None => {
-            (1..=256).contains(&key.len())
-                && key[0].is_ascii_lowercase()
-                && key[1..].iter().all(|&byte| is_key_char(byte))
-        }
-        Some(at) => {
-            let (tenant, system) = (&key[..at], &key[at + 1..]);
-            (1..=241).contains(&tenant.len())
-                && (tenant[0].is_ascii_lowercase() || tenant[0].is_ascii_digit())
-                && tenant[1..].iter().all(|&byte| is_key_char(byte))
-                && (1..=14).contains(&system.len())
-                && system[0].is_ascii_lowercase()
-                && system[1..].iter().all(|&byte| is_key_char(byte))
-        }
-    }
-}
-
-/// W3C 3.3.1.3.2: 1 to 256 printable ASCII characters other than `,` and `=`, not ending in a
-/// space.
-fn valid_value(value: &[u8]) -> bool {
-    (1..=256).contains(&value.len())
-        && value
-            .iter()
-            .all(|&byte| (0x20..=0x7e).contains(&byte) && byte != b',' && byte != b'=')
-        && value.last() != Some(&b' ')
-}
-
-fn trim_ows(member: &str) -> &str {
-    member.trim_matches([' ', '\t'])
-}
-
-/// Parses a `tracestate` value by the rules of W3C Trace Context, section 3.3: at most 32
-/// list-members, empty members (`a=1,,b=2`) skipped, optional white space around members, valid
-/// keys and values, no key twice.
-///
-/// ```
-/// use rumqttc_opentelemetry::propagation::parse_tracestate;
-///
-/// let state = parse_tracestate("rojo=00f067aa0ba902b7, congo=t61rcWkgMzE").unwrap();
-/// assert_eq!(state.get("congo"), Some("t61rcWkgMzE"));
-/// assert!(parse_tracestate("Upper=1").is_err());
-/// ```
-pub fn parse_tracestate(value: &str) -> Result<TraceState, TracestateError> {
-    if value.len() > MAX_TRACESTATE_LEN {
-        return Err(TracestateError::Oversized(value.len()));
-    }
-    let mut members: Vec<(&str, &str)> = Vec::new();
-    for (index, member) in value.split(',').map(trim_ows).enumerate() {
-        if member.is_empty() {
-            continue;
-        }
-        if members.len() == MAX_TRACESTATE_MEMBERS {
-            return Err(TracestateError::TooManyMembers);
-        }
-        let (key, member_value) = member
-            .split_once('=')
-            .ok_or(TracestateError::Member(index))?;
-        if !valid_key(key.as_bytes()) || !valid_value(member_value.as_bytes()) {
-            return Err(TracestateError::Member(index));
-        }
-        if members.iter().any(|(seen, _)| *seen == key) {
-            return Err(TracestateError::DuplicateKey(key.to_owned()));
-        }
-        members.push((key, member_value));
-    }
-    if members.is_empty() {
-        return Ok(TraceState::NONE);
-    }
-    TraceState::from_key_value(members).map_err(|_| TracestateError::Member(0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry::trace::TraceState;
 
     const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -350,37 +261,39 @@ mod tests {
         }
     }
 
+    /// Spec sections "Random Trace ID Flag" (Level 2: the flag received is the flag sent on)
+    /// and "Other Flags" (unknown bits are set to zero). Before Level 2 support this test was
+    /// `only_the_sampled_flag_is_kept` and asserted that `02` reads as `00`: the Level 2 rule
+    /// proves that wrong.
     #[test]
-    fn only_the_sampled_flag_is_kept() {
+    fn sampled_and_random_flags_are_kept_and_the_rest_cleared() {
+        for (text, expected) in [("00", 0x00), ("01", 0x01), ("02", 0x02), ("03", 0x03)] {
+            let parsed = parse_traceparent(&VALID.replace("-01", &format!("-{text}"))).unwrap();
+            assert_eq!(parsed.flags, TraceFlags::new(expected), "{text}");
+        }
         let parsed = parse_traceparent(&VALID.replace("-01", "-ff")).unwrap();
-        assert_eq!(parsed.flags, TraceFlags::SAMPLED);
-        let parsed = parse_traceparent(&VALID.replace("-01", "-02")).unwrap();
+        assert_eq!(parsed.flags, KNOWN_TRACE_FLAGS);
+        let parsed = parse_traceparent(&VALID.replace("-01", "-fc")).unwrap();
         assert_eq!(parsed.flags, TraceFlags::NOT_SAMPLED);
     }
 
+    /// Spec section "Random Trace ID Flag": a continued trace carries the flag on; reserved bits
+    /// of the context are not written ("Other Flags").
     #[test]
-    fn keys_follow_w3c_grammar() {
-        assert!(valid_key(b"rojo"));
-        assert!(valid_key(b"a1_-*/"));
-        assert!(valid_key(b"tenant@system"));
-        assert!(valid_key(b"1tenant@sys"));
-        assert!(!valid_key(b"1simple"));
-        assert!(!valid_key(b""));
-        assert!(!valid_key(b"a@"));
-        assert!(!valid_key(b"@b"));
-        assert!(!valid_key(b"t@system-id-too-long"));
-        assert!(!valid_key(&[b'a'; 257]));
-        assert!(valid_key(&[b'a'; 256]));
-    }
-
-    #[test]
-    fn values_follow_w3c_grammar() {
-        assert!(valid_value(b"00f067aa0ba902b7"));
-        assert!(valid_value(b"a b"));
-        assert!(!valid_value(b"trailing "));
-        assert!(!valid_value(b""));
-        assert!(!valid_value(b"a=b"));
-        assert!(!valid_value("é".as_bytes()));
-        assert!(!valid_value(&[b'v'; 257]));
+    fn the_random_flag_is_written_and_reserved_bits_are_not() {
+        for (flags, written) in [(0x02, "02"), (0x03, "03"), (0xff, "03"), (0x04, "00")] {
+            let context = SpanContext::new(
+                TraceId::from(1),
+                SpanId::from(1),
+                TraceFlags::new(flags),
+                false,
+                Default::default(),
+            );
+            assert!(format_traceparent(&context).ends_with(&format!("-{written}")));
+        }
+        assert!(
+            parse_traceparent(&VALID.replace("-01", "-02"))
+                .is_ok_and(|parsed| (parsed.flags & RANDOM_TRACE_ID_FLAG) == RANDOM_TRACE_ID_FLAG)
+        );
     }
 }

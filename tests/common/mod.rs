@@ -4,6 +4,7 @@
 pub mod broker;
 pub mod fault_proxy;
 pub mod kit;
+pub mod carriers;
 pub mod telemetry;
 pub mod traced;
 
