@@ -36,6 +36,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use opentelemetry::global::{self, BoxedTracer};
@@ -129,13 +130,26 @@ pub(crate) struct Settings {
     pub(crate) parent_mode: ParentMode,
     pub(crate) v4_propagation: V4Propagation,
     pub(crate) v4_filters: Option<TopicFilterSet<()>>,
-    pub(crate) publish_templates: TopicFilterSet<Arc<str>>,
+    pub(crate) publish_templates: TopicFilterSet<Template>,
     pub(crate) metric_topics: bool,
     pub(crate) metric_client_id: bool,
     pub(crate) record_sizes: bool,
     pub(crate) ack_timeout: Duration,
     pub(crate) hooks: Vec<Arc<AttributeHook>>,
     pub(crate) metrics: Metrics,
+    /// Set once a root span came back without a valid context: the tracer records nothing (the
+    /// no-op tracer of an application without a provider, or a provider that was shut down), so
+    /// spans are not built at all, as if each were the no-op span that carries its parent's
+    /// context.
+    tracing_off: AtomicBool,
+}
+
+/// A publisher destination template, with its place among the configured ones.
+#[derive(Debug, Clone)]
+pub(crate) struct Template {
+    /// Where the per-connection caches keep what is built for it.
+    pub(crate) index: usize,
+    pub(crate) filter: Arc<str>,
 }
 
 impl fmt::Debug for Instrumentation {
@@ -197,11 +211,21 @@ impl Settings {
     /// The publisher template matching `topic`, if one was configured. When several match, the
     /// most specific (fewest wildcards, then longest) wins, so the choice does not depend on
     /// insertion order.
-    pub(crate) fn publish_template<'a>(&'a self, topic: &'a str) -> Option<&'a Arc<str>> {
+    pub(crate) fn publish_template<'a>(&'a self, topic: &'a str) -> Option<&'a Template> {
         if self.publish_templates.is_empty() {
             return None;
         }
-        crate::topic::most_specific(self.publish_templates.matches(topic))
+        crate::topic::most_specific(self.publish_templates.matches(topic), |t| &t.filter)
+    }
+
+    /// Whether spans are built at all (see `tracing_off`).
+    pub(crate) fn tracing(&self) -> bool {
+        !self.tracing_off.load(Ordering::Relaxed)
+    }
+
+    /// The tracer gave a root span no valid context: it records nothing.
+    pub(crate) fn turn_tracing_off(&self) {
+        self.tracing_off.store(true, Ordering::Relaxed);
     }
 
     /// Whether an MQTT 3.1.1 publish on `topic` carries context.
@@ -223,7 +247,7 @@ pub struct InstrumentationBuilder {
     parent_mode: ParentMode,
     v4_propagation: V4Propagation,
     v4_filters: Option<TopicFilterSet<()>>,
-    publish_templates: TopicFilterSet<Arc<str>>,
+    publish_templates: TopicFilterSet<Template>,
     metric_topics: bool,
     metric_client_id: bool,
     record_sizes: bool,
@@ -329,7 +353,15 @@ impl InstrumentationBuilder {
     /// named `publish {filter}` and records `messaging.destination.template = filter`, and its
     /// metrics are aggregated under the template instead of the topic.
     pub fn publish_template(mut self, filter: &str) -> Result<Self, Error> {
-        self.publish_templates.insert(filter, Arc::from(filter))?;
+        let index = match self.publish_templates.get(filter) {
+            Some(template) => template.index,
+            None => self.publish_templates.len(),
+        };
+        let template = Template {
+            index,
+            filter: Arc::from(filter),
+        };
+        self.publish_templates.insert(filter, template)?;
         Ok(self)
     }
 
@@ -408,6 +440,7 @@ impl InstrumentationBuilder {
                 record_sizes: self.record_sizes,
                 ack_timeout: self.ack_timeout,
                 hooks: self.hooks,
+                tracing_off: AtomicBool::new(false),
             }),
         }
     }

@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use opentelemetry::propagation::Extractor;
-use opentelemetry::trace::{Link, Span, SpanContext, Status, TraceContextExt, Tracer};
+use opentelemetry::trace::{Span, SpanContext, Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
 
-use super::telemetry::Telemetry;
+use super::telemetry::{MetricSet, MetricSlots, SpanStart, Telemetry};
 use crate::instrumentation::{ParentMode, Propagator};
 use crate::propagation::TraceparentError;
 use crate::semconv::{ERROR_TYPE, MessageFacts, Operation};
-use crate::topic::{matching_filter, most_specific, parse_shared};
+use crate::topic::{matching_filter, parse_shared};
 
 /// What the application gets with a received message: the context it was created in and the
 /// receive span.
@@ -50,8 +50,11 @@ impl Delivery {
 #[derive(Debug)]
 pub(crate) struct Processing {
     pub(crate) context: Context,
+    /// Whether `context`'s span is this run's (it is the parent's when the tracer records
+    /// nothing, and must not be ended here).
+    owns_span: bool,
     started: Instant,
-    metric_attributes: Arc<[KeyValue]>,
+    metrics: Arc<MetricSet>,
 }
 
 /// Where a message's trace context was read from, and what was wrong with it.
@@ -65,33 +68,6 @@ pub(crate) struct Carrier<'a> {
 }
 
 impl Telemetry {
-    /// Remembers a filter subscribed through the traced client.
-    pub(crate) fn subscribed(&self, filter: &str) {
-        let mut set = self
-            .subscriptions
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // An invalid filter is refused by the broker; it cannot name a destination.
-        let _ = set.insert(filter, Arc::from(filter));
-    }
-
-    /// Forgets a filter unsubscribed through the traced client.
-    pub(crate) fn unsubscribed(&self, filter: &str) {
-        let mut set = self
-            .subscriptions
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        set.remove(filter);
-    }
-
-    fn subscription_for(&self, topic: &str) -> Option<Arc<str>> {
-        let set = self
-            .subscriptions
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        most_specific(set.matches(topic)).cloned()
-    }
-
     /// Records the CLIENT `receive` span of a message handed out by the event loop, and returns
     /// what the application needs to continue the trace.
     pub(crate) fn receive(&self, facts: MessageFacts<'_>, carrier: Carrier<'_>) -> Delivery {
@@ -110,9 +86,9 @@ impl Telemetry {
         let creation = creation.filter(|cx| cx.span().span_context().is_valid());
         let subscription = self.subscription_for(facts.topic);
         let (template, group) = match subscription.as_deref() {
-            Some(filter) => (
-                Some(matching_filter(filter)),
-                parse_shared(filter).map(|(group, _)| group),
+            Some(subscription) => (
+                Some(matching_filter(&subscription.filter)),
+                parse_shared(&subscription.filter).map(|(group, _)| group),
             ),
             None => (None, None),
         };
@@ -121,51 +97,63 @@ impl Telemetry {
             carrier.envelope_size,
         );
         let (parent, link) = self.consumer_parent(&ambient, creation.as_ref());
-        let tracer = &self.settings.tracer;
-        let mut builder = tracer
-            .span_builder(Operation::Receive.span_name(facts.destination()))
-            .with_kind(Operation::Receive.span_kind())
-            .with_attributes(self.attributes(Operation::Receive, &facts));
-        if let Some(link) = link {
-            builder = builder.with_links(vec![Link::with_context(link)]);
+        let span = self.start_span(SpanStart {
+            operation: Operation::Receive,
+            destination: facts.destination(),
+            facts: &facts,
+            template: None,
+            with_duplicate: true,
+            parent: &parent,
+            link,
+        });
+        let receive = match span {
+            Some(mut span) => {
+                if span.is_recording() {
+                    for problem in traceparent_error
+                        .map(|error| error.to_string())
+                        .into_iter()
+                        .chain(carrier.problem.map(ToString::to_string))
+                    {
+                        span.add_event(
+                            "mqtt.propagation.rejected",
+                            vec![KeyValue::new("reason", problem)],
+                        );
+                    }
+                }
+                let receive = span.span_context().clone();
+                span.end();
+                receive
+            }
+            // What the no-op span carries: its parent's context.
+            None => parent.span().span_context().clone(),
+        };
+        let metrics = self.receive_metrics(&facts, subscription.as_deref());
+        if let Some(count) = &metrics.count {
+            count.add(1);
         }
-        let mut span = builder.start_with_context(tracer, &parent);
-        if let Some(error) = traceparent_error {
-            span.add_event(
-                "mqtt.propagation.rejected",
-                vec![KeyValue::new("reason", error.to_string())],
-            );
-        }
-        if let Some(problem) = carrier.problem {
-            span.add_event(
-                "mqtt.propagation.rejected",
-                vec![KeyValue::new("reason", problem.to_string())],
-            );
-        }
-        let receive = span.span_context().clone();
-        span.end();
-        let metric_attributes =
-            self.metric_attributes(Operation::Receive, &facts, subscription.clone());
-        let metrics = &self.settings.metrics.subscriber;
-        metrics.record_consumed(&metric_attributes);
         if self.settings.record_sizes {
-            metrics.record_body_size(facts.body_size.unwrap_or_default(), &metric_attributes);
+            self.settings
+                .metrics
+                .subscriber
+                .record_body_size(facts.body_size.unwrap_or_default(), &metrics.attributes);
         }
         Delivery {
             creation,
             receive,
-            destination: subscription,
+            destination: subscription.map(|s| Arc::clone(&s.filter)),
         }
     }
 
     /// Starts the CONSUMER `process {filter}` span of a handler run on a delivered message.
     ///
     /// `filter` is the route's filter as subscribed (a `$share/{group}/` prefix gives the
-    /// consumer group). The parent follows the [`ParentMode`], like the receive span's.
+    /// consumer group), `slots` its metric sets. The parent follows the [`ParentMode`], like the
+    /// receive span's.
     pub(crate) fn start_process(
         &self,
         delivery: &Delivery,
         filter: &str,
+        slots: &MetricSlots,
         facts: MessageFacts<'_>,
     ) -> Processing {
         let ambient = Context::current();
@@ -176,21 +164,25 @@ impl Telemetry {
             None,
         );
         let (parent, link) = self.consumer_parent(&ambient, delivery.creation.as_ref());
-        let tracer = &self.settings.tracer;
-        let mut builder = tracer
-            .span_builder(Operation::Process.span_name(matching_filter(filter)))
-            .with_kind(Operation::Process.span_kind())
-            .with_attributes(self.attributes(Operation::Process, &facts));
-        if let Some(link) = link {
-            builder = builder.with_links(vec![Link::with_context(link)]);
-        }
-        let span = builder.start_with_context(tracer, &parent);
-        let metric_attributes =
-            self.metric_attributes(Operation::Process, &facts, Some(Arc::from(filter)));
+        let span = self.start_span(SpanStart {
+            operation: Operation::Process,
+            destination: matching_filter(filter),
+            facts: &facts,
+            template: None,
+            with_duplicate: true,
+            parent: &parent,
+            link,
+        });
+        let metrics = self.metric_set(Operation::Process, &facts, slots);
+        let (context, owns_span) = match span {
+            Some(span) => (parent.with_span(span), true),
+            None => (parent, false),
+        };
         Processing {
-            context: parent.with_span(span),
+            context,
+            owns_span,
             started: Instant::now(),
-            metric_attributes,
+            metrics,
         }
     }
 
@@ -200,15 +192,19 @@ impl Telemetry {
         processing: Processing,
         error: Option<(&'static str, &dyn Display)>,
     ) {
-        let span = processing.context.span();
-        if let Some((error_type, message)) = error {
-            span.set_attribute(KeyValue::new(ERROR_TYPE, error_type));
-            span.set_status(Status::error(message.to_string()));
+        if processing.owns_span {
+            let span = processing.context.span();
+            if let Some((error_type, message)) = error
+                && span.is_recording()
+            {
+                span.set_attribute(KeyValue::new(ERROR_TYPE, error_type));
+                span.set_status(Status::error(message.to_string()));
+            }
+            span.end();
         }
-        span.end();
         self.settings.metrics.subscriber.record_process(
             processing.started.elapsed(),
-            &processing.metric_attributes,
+            &processing.metrics.attributes,
             error.map(|(error_type, _)| error_type),
         );
     }

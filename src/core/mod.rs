@@ -38,4 +38,4 @@ pub(crate) use event_loop::EventLoop;
 pub(crate) use protocol::{Attempt, EventView, Protocol, PublishRequest, PublishView, RequestKind};
 pub(crate) use publish::OpenPublish;
 pub(crate) use shared::Core;
-pub(crate) use telemetry::Telemetry;
+pub(crate) use telemetry::{MetricSlots, Telemetry};

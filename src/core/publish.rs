@@ -7,19 +7,20 @@ use std::time::Instant;
 
 use opentelemetry::global::BoxedSpan;
 use opentelemetry::propagation::Injector;
-use opentelemetry::trace::{Span, Status, TraceContextExt, Tracer};
+use opentelemetry::trace::{Span, Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
 use tokio::sync::oneshot;
 
 use super::correlation::Failure;
-use super::telemetry::Telemetry;
+use super::telemetry::{MetricSet, SpanStart, Telemetry};
 use crate::instrumentation::Propagator;
 use crate::semconv::{ERROR_TYPE, MESSAGING_MQTT_DUPLICATE, MessageFacts, MqttQoS, Operation};
 
 /// A publish span that has not ended yet, with what its metrics need.
 #[derive(Debug)]
 pub(crate) struct OpenPublish {
-    pub(super) span: BoxedSpan,
+    /// `None` when the tracer records nothing (see `Telemetry::start_span`).
+    pub(super) span: Option<BoxedSpan>,
     pub(super) pkid: Option<u16>,
     /// Whether the PUBLISH was sent again (rumqttc's replay after a reconnect, or a resend after
     /// a session loss): its DUP flag, recorded as `messaging.mqtt.duplicate` when the span ends.
@@ -28,7 +29,7 @@ pub(crate) struct OpenPublish {
     body_size: usize,
     /// Whether the PUBLISH was written (counted in `messaging.client.sent.messages`).
     written: bool,
-    metric_attributes: Arc<[KeyValue]>,
+    metrics: Arc<MetricSet>,
     /// Told how the publish ended, for callers that wait for the acknowledgement.
     outcome: Option<oneshot::Sender<Result<(), &'static str>>>,
 }
@@ -37,8 +38,9 @@ impl OpenPublish {
     /// The PUBLISH is sent again, with the DUP flag ([MQTT-3.3.1-1]).
     pub(super) fn retransmitted(&mut self) {
         self.retransmitted = true;
-        self.span
-            .add_event("mqtt.publish.retransmitted", Vec::new());
+        if let Some(span) = &mut self.span {
+            span.add_event("mqtt.publish.retransmitted", Vec::new());
+        }
     }
 
     /// Asks to be told how this publish ends: `Ok` when acknowledged (QoS 1 and 2) or written
@@ -82,18 +84,20 @@ impl Telemetry {
         let parent = Context::current();
         let template = self.settings.publish_template(topic);
         let facts = MessageFacts::new(topic, qos)
-            .with_template(template.map(|t| &**t))
+            .with_template(template.map(|t| &*t.filter))
             .with_retained(retain)
             .with_sizes(Some(body_size), None);
         let facts = self.sized(facts, None);
-        let tracer = &self.settings.tracer;
-        let span = tracer
-            .span_builder(Operation::Publish.span_name(facts.destination()))
-            .with_kind(Operation::Publish.span_kind())
-            .with_attributes(self.attributes(Operation::Publish, &facts))
-            .start_with_context(tracer, &parent);
-        let metric_attributes =
-            self.metric_attributes(Operation::Publish, &facts, template.cloned());
+        let span = self.start_span(SpanStart {
+            operation: Operation::Publish,
+            destination: facts.destination(),
+            facts: &facts,
+            template: template.map(|t| &t.filter),
+            with_duplicate: false,
+            parent: &parent,
+            link: None,
+        });
+        let metrics = self.publish_metrics(&facts, template.map(|t| t.index));
         let open = OpenPublish {
             span,
             pkid: None,
@@ -101,7 +105,7 @@ impl Telemetry {
             started: Instant::now(),
             body_size,
             written: false,
-            metric_attributes,
+            metrics,
             outcome: None,
         };
         (open, parent)
@@ -110,7 +114,12 @@ impl Telemetry {
     /// Writes the propagation fields of an open publish span, with the baggage of `parent`,
     /// through `injector`.
     pub(crate) fn inject(&self, open: &OpenPublish, parent: &Context, injector: &mut dyn Injector) {
-        let span_context = open.span.span_context();
+        let parent_span = parent.span();
+        let span_context = match &open.span {
+            Some(span) => span.span_context(),
+            // What the no-op span carries: the parent's context.
+            None => parent_span.span_context(),
+        };
         match &self.settings.propagator {
             Propagator::W3C(propagator) => propagator.inject_parts(span_context, parent, injector),
             Propagator::Custom(propagator) => propagator.inject_context(
@@ -122,20 +131,26 @@ impl Telemetry {
 
     /// Records on an open publish span that its context could not be carried.
     pub(crate) fn note_propagation_problem(&self, open: &mut OpenPublish, problem: &dyn Display) {
-        open.span.add_event(
-            "mqtt.propagation.skipped",
-            vec![KeyValue::new("reason", problem.to_string())],
-        );
+        if let Some(span) = &mut open.span {
+            span.add_event(
+                "mqtt.propagation.skipped",
+                vec![KeyValue::new("reason", problem.to_string())],
+            );
+        }
     }
 
     /// Counts a publish as sent, once, when its PUBLISH is first written.
     pub(super) fn count_written(&self, open: &mut OpenPublish) {
         if !open.written {
             open.written = true;
-            let metrics = &self.settings.metrics.publisher;
-            metrics.record_sent(&open.metric_attributes);
+            if let Some(count) = &open.metrics.count {
+                count.add(1);
+            }
             if self.settings.record_sizes {
-                metrics.record_body_size(open.body_size, &open.metric_attributes);
+                self.settings
+                    .metrics
+                    .publisher
+                    .record_body_size(open.body_size, &open.metrics.attributes);
             }
         }
     }
@@ -143,23 +158,25 @@ impl Telemetry {
     /// Ends a publish span and records its duration.
     pub(super) fn finish(&self, mut open: OpenPublish, result: Result<(), Failure>) {
         let error_type = result.err().map(Failure::error_type);
-        open.span
-            .set_attribute(KeyValue::new(MESSAGING_MQTT_DUPLICATE, open.retransmitted));
-        match error_type {
+        if error_type.is_none() {
             // A QoS 0 publish ends when it is written.
-            None => self.count_written(&mut open),
-            Some(error_type) => {
-                open.span
-                    .set_attribute(KeyValue::new(ERROR_TYPE, error_type));
-                open.span.set_status(Status::error(error_type));
-            }
+            self.count_written(&mut open);
         }
         self.settings.metrics.publisher.record_publish(
             open.started.elapsed(),
-            &open.metric_attributes,
+            &open.metrics.attributes,
             error_type,
         );
-        open.span.end();
+        if let Some(mut span) = open.span.take() {
+            if span.is_recording() {
+                span.set_attribute(KeyValue::new(MESSAGING_MQTT_DUPLICATE, open.retransmitted));
+                if let Some(error_type) = error_type {
+                    span.set_attribute(KeyValue::new(ERROR_TYPE, error_type));
+                    span.set_status(Status::error(error_type));
+                }
+            }
+            span.end();
+        }
         if let Some(outcome) = open.outcome.take() {
             // The waiter may have given up; nothing to tell then.
             let _ = outcome.send(error_type.map_or(Ok(()), Err));

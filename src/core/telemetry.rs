@@ -1,21 +1,54 @@
 //! [`Telemetry`]: what the spans and metrics of one connection are made from: the settings, the
-//! connection's attributes, the filters it subscribed, and metric attribute sets built once.
+//! connection's attributes, the filters it subscribed, and metric attribute sets built once per
+//! destination and QoS; and how a span is started so that a span that does not record costs as
+//! little as it can.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
-use opentelemetry::KeyValue;
+use opentelemetry::global::BoxedSpan;
+use opentelemetry::trace::{Link, Span, SpanContext, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue};
 
 use crate::instrumentation::{Instrumentation, Settings};
-use crate::metrics::ConnectionGauges;
+use crate::metrics::{ConnectionGauges, CounterCell};
 use crate::semconv::{
-    ConnectionAttributes, MESSAGING_CLIENT_ID, MessageFacts, MqttQoS, Operation, SERVER_ADDRESS,
-    SERVER_PORT,
+    ConnectionAttributes, MESSAGING_CLIENT_ID, MessageFacts, Operation, SERVER_ADDRESS, SERVER_PORT,
 };
 use crate::topic::TopicFilterSet;
 
-/// What a cached metric attribute set depends on.
-type MetricKey = (Operation, MqttQoS, Option<Arc<str>>);
+/// The metric attributes of one operation on one destination at one QoS, and the running count
+/// recorded on them (sent messages for a publish, consumed ones for a receive).
+#[derive(Debug)]
+pub(crate) struct MetricSet {
+    pub(crate) attributes: Arc<[KeyValue]>,
+    pub(crate) count: Option<Arc<CounterCell>>,
+}
+
+/// The metric sets of one destination, one per QoS, built on first use.
+#[derive(Debug, Default)]
+pub(crate) struct MetricSlots([OnceLock<Arc<MetricSet>>; 3]);
+
+/// A filter subscribed through the traced client, with the metric sets of the messages it
+/// matches.
+#[derive(Debug)]
+pub(crate) struct Subscription {
+    pub(crate) filter: Arc<str>,
+    slots: MetricSlots,
+}
+
+/// How a span is started.
+pub(super) struct SpanStart<'a> {
+    pub(super) operation: Operation,
+    /// The destination in the span name.
+    pub(super) destination: &'a str,
+    pub(super) facts: &'a MessageFacts<'a>,
+    /// The destination template as a shared string (cloned instead of copied).
+    pub(super) template: Option<&'a Arc<str>>,
+    /// Whether `messaging.mqtt.duplicate` is set now (a publish span sets it when it ends).
+    pub(super) with_duplicate: bool,
+    pub(super) parent: &'a Context,
+    pub(super) link: Option<SpanContext>,
+}
 
 /// The telemetry of one connection, shared by its traced client and event loop.
 pub(crate) struct Telemetry {
@@ -26,10 +59,12 @@ pub(crate) struct Telemetry {
     /// What the connected / in-flight / pending gauges read.
     pub(crate) gauges: Arc<ConnectionGauges>,
     /// The filters subscribed through the traced client, for receive span names.
-    pub(super) subscriptions: RwLock<TopicFilterSet<Arc<str>>>,
-    /// Metric attribute sets by operation, QoS and template or subscription (bounded by the
-    /// configured templates and the subscriptions; unused with raw topics in metrics).
-    metric_cache: RwLock<HashMap<MetricKey, Arc<[KeyValue]>>>,
+    subscriptions: RwLock<TopicFilterSet<Arc<Subscription>>>,
+    /// Metric sets of publishes, by publisher template (its index), and of publishes and
+    /// receives without a template or subscription.
+    template_slots: Vec<MetricSlots>,
+    untemplated_publish: MetricSlots,
+    unsubscribed_receive: MetricSlots,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -57,31 +92,73 @@ impl Telemetry {
             .metrics
             .connection
             .register(connection_metric_attributes.clone());
+        let template_slots = (0..settings.publish_templates.len())
+            .map(|_| MetricSlots::default())
+            .collect();
         Self {
             settings,
             connection,
             connection_metric_attributes,
             gauges,
             subscriptions: RwLock::new(TopicFilterSet::new()),
-            metric_cache: RwLock::new(HashMap::new()),
+            template_slots,
+            untemplated_publish: MetricSlots::default(),
+            unsubscribed_receive: MetricSlots::default(),
         }
     }
 
-    /// The span attributes of `operation` on a message, with what the hooks add.
-    pub(super) fn attributes(
-        &self,
-        operation: Operation,
-        facts: &MessageFacts<'_>,
-    ) -> Vec<KeyValue> {
-        // A publish span records `messaging.mqtt.duplicate` when it ends (see `finish`).
-        let with_duplicate = operation != Operation::Publish;
+    /// Starts a span, or returns `None` when the tracer records nothing at all (see
+    /// `Settings::tracing`): the caller then carries the parent's span context, as the no-op
+    /// span would. A span gets the sampling-relevant attributes at creation and the others only
+    /// when it records.
+    pub(super) fn start_span(&self, start: SpanStart<'_>) -> Option<BoxedSpan> {
+        let settings = &self.settings;
+        if !settings.tracing() {
+            return None;
+        }
+        let SpanStart {
+            operation,
+            destination,
+            facts,
+            template,
+            with_duplicate,
+            parent,
+            link,
+        } = start;
         let mut attributes = self
             .connection
-            .span_attributes_with(operation, facts, with_duplicate);
-        for hook in &self.settings.hooks {
-            hook(operation, facts, &mut attributes);
+            .sampling_attributes(operation, facts, template);
+        let hooked = !settings.hooks.is_empty();
+        if hooked {
+            // A hook sees every attribute and may replace one: each key once, the last wins.
+            self.connection
+                .push_recording_attributes(&mut attributes, facts, with_duplicate);
+            for hook in &settings.hooks {
+                hook(operation, facts, &mut attributes);
+            }
+            keep_last_of_each_key(&mut attributes);
         }
-        attributes
+        let tracer = &settings.tracer;
+        let mut builder = tracer
+            .span_builder(operation.span_name(destination))
+            .with_kind(operation.span_kind())
+            .with_attributes(attributes);
+        if let Some(link) = link {
+            builder = builder.with_links(vec![Link::with_context(link)]);
+        }
+        let mut span = builder.start_with_context(tracer, parent);
+        if span.is_recording() {
+            if !hooked {
+                let mut rest = Vec::with_capacity(9);
+                self.connection
+                    .push_recording_attributes(&mut rest, facts, with_duplicate);
+                span.set_attributes(rest);
+            }
+        } else if !span.span_context().is_valid() && !parent.span().span_context().is_valid() {
+            // A root span with no valid context: this tracer records nothing, now or later.
+            settings.turn_tracing_off();
+        }
+        Some(span)
     }
 
     /// `facts` with the opt-in sizes kept only when the instrumentation records them.
@@ -98,37 +175,120 @@ impl Telemetry {
         }
     }
 
-    /// The metric attributes of an operation on a message. Without raw topics they depend only
-    /// on the operation, the QoS and the destination template (or subscription), so each set is
-    /// built once per connection and shared.
-    pub(super) fn metric_attributes(
+    /// The metric set of a publish, by its template (`None`: no template matched).
+    pub(super) fn publish_metrics(
+        &self,
+        facts: &MessageFacts<'_>,
+        template: Option<usize>,
+    ) -> Arc<MetricSet> {
+        let slots = match template.and_then(|index| self.template_slots.get(index)) {
+            Some(slots) => slots,
+            None => &self.untemplated_publish,
+        };
+        self.metric_set(Operation::Publish, facts, slots)
+    }
+
+    /// The metric set of a receive, by the subscription that matched.
+    pub(super) fn receive_metrics(
+        &self,
+        facts: &MessageFacts<'_>,
+        subscription: Option<&Subscription>,
+    ) -> Arc<MetricSet> {
+        let slots = subscription.map_or(&self.unsubscribed_receive, |s| &s.slots);
+        self.metric_set(Operation::Receive, facts, slots)
+    }
+
+    /// The metric set of `operation` on a message from `slots`: built once per QoS, unless raw
+    /// topics go into metric attributes (then every message has its own).
+    pub(crate) fn metric_set(
         &self,
         operation: Operation,
         facts: &MessageFacts<'_>,
-        key: Option<Arc<str>>,
-    ) -> Arc<[KeyValue]> {
-        let build = || -> Arc<[KeyValue]> {
-            self.connection
+        slots: &MetricSlots,
+    ) -> Arc<MetricSet> {
+        let build = || {
+            let attributes: Arc<[KeyValue]> = self
+                .connection
                 .metric_attributes(operation, facts, self.settings.metric_topics)
-                .into()
+                .into();
+            let metrics = &self.settings.metrics;
+            let count = match operation {
+                Operation::Publish => Some(metrics.publisher.sent_cell(&attributes)),
+                Operation::Receive => Some(metrics.subscriber.consumed_cell(&attributes)),
+                _ => None,
+            };
+            Arc::new(MetricSet { attributes, count })
         };
         if self.settings.metric_topics {
             return build();
         }
-        let key = (operation, facts.qos, key);
-        let cached = self
-            .metric_cache
+        let slot = &slots.0[usize::from(facts.qos.as_u8()).min(2)];
+        Arc::clone(slot.get_or_init(build))
+    }
+
+    /// Remembers a filter subscribed through the traced client.
+    pub(crate) fn subscribed(&self, filter: &str) {
+        let mut set = self
+            .subscriptions
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let subscription = Arc::new(Subscription {
+            filter: Arc::from(filter),
+            slots: MetricSlots::default(),
+        });
+        // An invalid filter is refused by the broker; it cannot name a destination.
+        let _ = set.insert(filter, subscription);
+    }
+
+    /// Forgets a filter unsubscribed through the traced client.
+    pub(crate) fn unsubscribed(&self, filter: &str) {
+        let mut set = self
+            .subscriptions
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        set.remove(filter);
+    }
+
+    /// The most specific subscription whose filter matches `topic`.
+    pub(super) fn subscription_for(&self, topic: &str) -> Option<Arc<Subscription>> {
+        let set = self
+            .subscriptions
             .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&key)
-            .cloned();
-        cached.unwrap_or_else(|| {
-            let attributes = build();
-            self.metric_cache
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(key, Arc::clone(&attributes));
-            attributes
-        })
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if set.is_empty() {
+            return None;
+        }
+        crate::topic::most_specific(set.matches(topic), |s| &s.filter).cloned()
+    }
+}
+
+/// Keeps the last attribute of each key, in order of first appearance.
+fn keep_last_of_each_key(attributes: &mut Vec<KeyValue>) {
+    let mut i = 0;
+    while i < attributes.len() {
+        let later = attributes[i + 1..]
+            .iter()
+            .any(|kv| kv.key == attributes[i].key);
+        if later {
+            attributes.remove(i);
+        } else {
+            i += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_attribute_of_a_key_wins() {
+        let mut attributes = vec![
+            KeyValue::new("a", 1),
+            KeyValue::new("b", 2),
+            KeyValue::new("a", 3),
+        ];
+        keep_last_of_each_key(&mut attributes);
+        assert_eq!(attributes, [KeyValue::new("b", 2), KeyValue::new("a", 3)]);
     }
 }

@@ -162,8 +162,9 @@ pub(super) fn after_step(
                 && open.pkid.is_none()
             {
                 open.pkid = Some(pkid);
-                open.span
-                    .set_attribute(KeyValue::new(MESSAGING_MQTT_PACKET_ID, i64::from(pkid)));
+                if let Some(span) = &mut open.span {
+                    span.set_attribute(KeyValue::new(MESSAGING_MQTT_PACKET_ID, i64::from(pkid)));
+                }
                 telemetry.count_written(open);
             }
         }

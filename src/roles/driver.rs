@@ -226,7 +226,7 @@ impl<P: Protocol> Dispatcher<P> {
                 if let Some(delivery) = &delivery {
                     for &index in &routes {
                         if let Some(route) = self.table.get(index) {
-                            shed(&self.core, delivery, &route.filter, &view, self.capacity);
+                            shed(&self.core, delivery, route, &view, self.capacity);
                         }
                     }
                 }

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::AckPolicy;
 use super::shared::Shared;
-use crate::core::{Client, Core, Delivery, Processing, Protocol, PublishView};
+use crate::core::{Client, Core, Delivery, MetricSlots, Processing, Protocol, PublishView};
 use crate::error::Error;
 use crate::topic::TopicFilterSet;
 
@@ -62,6 +62,8 @@ pub(crate) struct Route<P: Protocol> {
     /// The filter as registered (and subscribed), `$share/{group}/` prefix included.
     pub(crate) filter: Arc<str>,
     pub(crate) qos: P::QoS,
+    /// The metric sets of its `process` spans, built once per QoS.
+    pub(crate) slots: MetricSlots,
 }
 
 /// The routes of a subscriber, in registration order, with a trie over their filters.
@@ -94,6 +96,7 @@ impl<P: Protocol> RouteTable<P> {
         let route = Route {
             filter: Arc::from(filter),
             qos,
+            slots: MetricSlots::default(),
         };
         if let Some(&index) = self.set.get(filter)
             && let (Some(slot), Some(handler_slot)) =
@@ -175,28 +178,29 @@ pub(crate) struct Work<P: Protocol> {
 /// Starts the `process` span of `filter` for a message. The receive span is the ambient
 /// context: the process span's parent in [`crate::ParentMode::Link`] mode or when the message
 /// carried no context, a link otherwise.
-fn start_process(
+fn start_process<P: Protocol>(
     core: &Core,
     delivery: &Delivery,
-    filter: &str,
+    route: &Route<P>,
     view: &PublishView<'_>,
 ) -> Processing {
     let _ambient = Context::new()
         .with_remote_span_context(delivery.receive_span_context().clone())
         .attach();
-    core.telemetry.start_process(delivery, filter, view.facts())
+    core.telemetry
+        .start_process(delivery, &route.filter, &route.slots, view.facts())
 }
 
 /// Records a QoS 0 message that is not processed because `capacity` messages are already
 /// waiting: a `process` span (and process-duration measurement) with `error.type = queue_full`.
-pub(crate) fn shed(
+pub(crate) fn shed<P: Protocol>(
     core: &Core,
     delivery: &Delivery,
-    filter: &str,
+    route: &Route<P>,
     view: &PublishView<'_>,
     capacity: usize,
 ) {
-    let processing = start_process(core, delivery, filter, view);
+    let processing = start_process(core, delivery, route, view);
     let message = format!("not processed: {capacity} messages were already waiting");
     core.telemetry
         .end_process(processing, Some((QUEUE_FULL, &message)));
@@ -230,7 +234,7 @@ async fn run<P: Protocol>(
     publish: &P::Publish,
     delivery: &Delivery,
 ) -> bool {
-    let processing = start_process(core, delivery, &route.filter, &P::view(publish));
+    let processing = start_process(core, delivery, route, &P::view(publish));
     let incoming = Incoming {
         publish: publish.clone(),
         route: Arc::clone(&route.filter),

@@ -138,24 +138,68 @@ impl ConnectionAttributes {
     /// destination template and consumer group only when known, the opt-in sizes only when the
     /// facts carry them.
     pub fn span_attributes(&self, operation: Operation, facts: &MessageFacts<'_>) -> Vec<KeyValue> {
-        self.span_attributes_with(operation, facts, true)
+        let mut attributes = self.sampling_attributes(operation, facts, None);
+        self.push_recording_attributes(&mut attributes, facts, true);
+        attributes
     }
 
-    /// [`Self::span_attributes`], without `messaging.mqtt.duplicate` unless `with_duplicate`:
-    /// a publish span records that flag once, when it ends, because a retransmission sets it
-    /// after the span started (and OTLP wants each key once per span).
-    pub(crate) fn span_attributes_with(
+    /// The attributes semconv marks as relevant to sampling, which a span gets at creation:
+    /// `messaging.system`, `messaging.operation.name` and `.type`, `messaging.destination.name`,
+    /// `messaging.destination.template` and `messaging.consumer.group.name` when known,
+    /// `server.address` and `server.port`. `template` is the template as a shared string, to
+    /// clone instead of copying `facts.template`.
+    pub(crate) fn sampling_attributes(
         &self,
         operation: Operation,
         facts: &MessageFacts<'_>,
-        with_duplicate: bool,
+        template: Option<&Arc<str>>,
     ) -> Vec<KeyValue> {
         let mut attributes = Vec::with_capacity(15);
-        self.push_common(&mut attributes, operation, facts);
+        attributes.push(KeyValue::new(MESSAGING_SYSTEM, MESSAGING_SYSTEM_VALUE));
+        attributes.push(KeyValue::new(MESSAGING_OPERATION_NAME, operation.name()));
+        attributes.push(KeyValue::new(
+            MESSAGING_OPERATION_TYPE,
+            operation.operation_type(),
+        ));
         attributes.push(KeyValue::new(
             MESSAGING_DESTINATION_NAME,
             facts.topic.to_owned(),
         ));
+        match (template, facts.template) {
+            (Some(shared), _) => attributes.push(KeyValue::new(
+                MESSAGING_DESTINATION_TEMPLATE,
+                Value::String(StringValue::from(Arc::clone(shared))),
+            )),
+            (None, Some(template)) => attributes.push(KeyValue::new(
+                MESSAGING_DESTINATION_TEMPLATE,
+                template.to_owned(),
+            )),
+            (None, None) => {}
+        }
+        if let Some(group) = facts.consumer_group {
+            attributes.push(KeyValue::new(
+                MESSAGING_CONSUMER_GROUP_NAME,
+                group.to_owned(),
+            ));
+        }
+        attributes.push(KeyValue::new(
+            SERVER_ADDRESS,
+            Value::String(StringValue::from(Arc::clone(&self.server.host))),
+        ));
+        attributes.push(KeyValue::new(SERVER_PORT, i64::from(self.server.port)));
+        attributes
+    }
+
+    /// The span attributes that matter only to a span that records: the client id, the network
+    /// protocol, the MQTT flags and the opt-in sizes. `messaging.mqtt.duplicate` only with
+    /// `with_duplicate`: a publish span records it once, when it ends, because a retransmission
+    /// sets it after the span started (and OTLP wants each key once per span).
+    pub(crate) fn push_recording_attributes(
+        &self,
+        attributes: &mut Vec<KeyValue>,
+        facts: &MessageFacts<'_>,
+        with_duplicate: bool,
+    ) {
         attributes.push(KeyValue::new(
             MESSAGING_CLIENT_ID,
             Value::String(self.client_id.clone()),
@@ -167,6 +211,10 @@ impl ConnectionAttributes {
         attributes.push(KeyValue::new(
             NETWORK_PROTOCOL_VERSION,
             self.protocol.as_str(),
+        ));
+        attributes.push(KeyValue::new(
+            MESSAGING_MQTT_QOS,
+            i64::from(facts.qos.as_u8()),
         ));
         attributes.push(KeyValue::new(MESSAGING_MQTT_RETAINED, facts.retained));
         if with_duplicate {
@@ -184,7 +232,6 @@ impl ConnectionAttributes {
         if let Some(size) = facts.envelope_size {
             attributes.push(KeyValue::new(MESSAGING_MESSAGE_ENVELOPE_SIZE, size as i64));
         }
-        attributes
     }
 
     /// The attributes of a metric point for `operation` on the message `facts`: low-cardinality

@@ -182,13 +182,15 @@ fn match_bytes(topic: &[u8], filter: &[u8]) -> bool {
     }
 }
 
-/// The most specific of several matching filters: fewest wildcards, then longest, then
-/// alphabetical, so the choice never depends on the order filters were added in.
-pub(crate) fn most_specific<'a, S: AsRef<str> + ?Sized + 'a>(
-    filters: impl Iterator<Item = &'a S>,
-) -> Option<&'a S> {
-    filters.min_by(|a, b| {
-        let (a, b) = (matching_filter(a.as_ref()), matching_filter(b.as_ref()));
+/// The most specific of several matching filters (`filter` gives an item's filter): fewest
+/// wildcards, then longest, then alphabetical, so the choice never depends on the order filters
+/// were added in.
+pub(crate) fn most_specific<'a, T: ?Sized + 'a>(
+    items: impl Iterator<Item = &'a T>,
+    filter: impl Fn(&T) -> &str,
+) -> Option<&'a T> {
+    items.min_by(|a, b| {
+        let (a, b) = (matching_filter(filter(a)), matching_filter(filter(b)));
         let wildcards = |f: &str| f.bytes().filter(|&c| c == b'+' || c == b'#').count();
         wildcards(a)
             .cmp(&wildcards(b))

@@ -2,9 +2,9 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod broker;
+pub mod carriers;
 pub mod fault_proxy;
 pub mod kit;
-pub mod carriers;
 pub mod telemetry;
 pub mod traced;
 

@@ -36,6 +36,11 @@ use opentelemetry::metrics::{Counter, Histogram, Meter};
 
 use crate::semconv::{ERROR_TYPE, metric};
 
+mod summed;
+
+pub(crate) use summed::CounterCell;
+use summed::SummedCounter;
+
 /// `mqtt.client.message.body.size`.
 pub const MESSAGE_BODY_SIZE: &str = "mqtt.client.message.body.size";
 /// `mqtt.client.connection.attempts`.
@@ -95,7 +100,7 @@ fn with_error<'a>(
 #[derive(Debug, Clone)]
 pub struct MqttPublisherMetrics {
     operation_duration: Histogram<f64>,
-    sent_messages: Counter<u64>,
+    sent_messages: SummedCounter,
     body_size: Histogram<u64>,
 }
 
@@ -108,11 +113,12 @@ impl MqttPublisherMetrics {
                 metric::MESSAGING_CLIENT_OPERATION_DURATION,
                 "Duration of a publish until the broker acknowledged it",
             ),
-            sent_messages: meter
-                .u64_counter(metric::MESSAGING_CLIENT_SENT_MESSAGES)
-                .with_unit("{message}")
-                .with_description("Messages written to the network")
-                .build(),
+            sent_messages: SummedCounter::new(
+                meter,
+                metric::MESSAGING_CLIENT_SENT_MESSAGES,
+                "{message}",
+                "Messages written to the network",
+            ),
             body_size: body_size_histogram(meter),
         }
     }
@@ -133,6 +139,11 @@ impl MqttPublisherMetrics {
         self.sent_messages.add(1, attributes);
     }
 
+    /// The running count of sent messages with `attributes`, for a caller that keeps it.
+    pub(crate) fn sent_cell(&self, attributes: &Arc<[KeyValue]>) -> Arc<CounterCell> {
+        self.sent_messages.cell(attributes)
+    }
+
     /// Records the payload size of a message sent (`mqtt.client.message.body.size`).
     pub fn record_body_size(&self, body_size: usize, attributes: &[KeyValue]) {
         self.body_size.record(body_size as u64, attributes);
@@ -142,7 +153,7 @@ impl MqttPublisherMetrics {
 /// The subscriber's instruments: consumed messages, process duration, body size.
 #[derive(Debug, Clone)]
 pub struct MqttSubscriberMetrics {
-    consumed_messages: Counter<u64>,
+    consumed_messages: SummedCounter,
     process_duration: Histogram<f64>,
     body_size: Histogram<u64>,
 }
@@ -151,11 +162,12 @@ impl MqttSubscriberMetrics {
     /// The subscriber instruments of `meter`.
     pub fn new(meter: &Meter) -> Self {
         Self {
-            consumed_messages: meter
-                .u64_counter(metric::MESSAGING_CLIENT_CONSUMED_MESSAGES)
-                .with_unit("{message}")
-                .with_description("Messages delivered to the application")
-                .build(),
+            consumed_messages: SummedCounter::new(
+                meter,
+                metric::MESSAGING_CLIENT_CONSUMED_MESSAGES,
+                "{message}",
+                "Messages delivered to the application",
+            ),
             process_duration: duration_histogram(
                 meter,
                 metric::MESSAGING_PROCESS_DURATION,
@@ -168,6 +180,11 @@ impl MqttSubscriberMetrics {
     /// Records a delivered message.
     pub fn record_consumed(&self, attributes: &[KeyValue]) {
         self.consumed_messages.add(1, attributes);
+    }
+
+    /// The running count of consumed messages with `attributes`, for a caller that keeps it.
+    pub(crate) fn consumed_cell(&self, attributes: &Arc<[KeyValue]>) -> Arc<CounterCell> {
+        self.consumed_messages.cell(attributes)
     }
 
     /// Records the payload size of a message received (`mqtt.client.message.body.size`).
