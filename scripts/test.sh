@@ -48,3 +48,6 @@ cargo test --all-targets
 cargo test --doc
 # The examples (sensor -> gateway -> collector into SQLite) end to end against mosquitto.
 cargo test --features examples --test examples_e2e
+# With bound instruments the duration histograms take another path: the metrics tests prove the
+# measurements arrive (the feature also turns the SDK's half on).
+cargo test --features bound-instruments --test metrics --lib

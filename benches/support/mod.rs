@@ -387,6 +387,8 @@ pub fn is_smoke_run() -> bool {
 }
 
 /// An event loop of any of the four kinds the benches drive: plain or traced, MQTT 3.1.1 or 5.
+// The variants stay unboxed so that plain and traced loops are polled the same way.
+#[allow(clippy::large_enum_variant)]
 pub enum Loop {
     V4(rumqttc::EventLoop),
     V4T(rumqttc_opentelemetry::v4::TracedEventLoop),

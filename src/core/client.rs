@@ -43,13 +43,14 @@ impl<P: Protocol> Client<P> {
         cap: usize,
         instrumentation: &Instrumentation,
     ) -> (Self, EventLoop<P>) {
-        let core = Arc::new(Core::new(instrumentation, P::connection(&options)));
+        let (core, table) = Core::new(instrumentation, P::connection(&options));
+        let core = Arc::new(core);
         let (inner, eventloop) = P::new_client(options, cap);
         let client = Self {
             inner,
             core: Arc::clone(&core),
         };
-        (client, EventLoop::new(eventloop, core))
+        (client, EventLoop::new(eventloop, core, table))
     }
 
     /// rumqttc's client.
@@ -110,10 +111,14 @@ impl<P: Protocol> Client<P> {
         open: OpenPublish,
         request: PublishRequest<P>,
     ) -> Result<(), P::ClientError> {
-        self.core
-            .publishes
-            .send(&self.core.telemetry, open, P::send(&self.inner, request))
-            .await
+        let telemetry = &self.core.telemetry;
+        let order = self.core.publishes.order().await;
+        order.hand_over(telemetry, open);
+        let sent = P::send(&self.inner, request).await;
+        if sent.is_err() {
+            order.withdraw();
+        }
+        sent
     }
 
     /// Publishes if rumqttc's request channel has room now.
@@ -122,13 +127,18 @@ impl<P: Protocol> Client<P> {
             return Err(P::refused(request, Attempt::TrySend));
         }
         let open = self.start(&mut request);
-        self.core.publishes.try_send(
-            &self.core.telemetry,
-            open,
-            request,
-            |request| P::try_send(&self.inner, request),
-            |request| P::refused(request, Attempt::TrySend),
-        )
+        let telemetry = &self.core.telemetry;
+        // Another task is sending on a full queue: as busy as a full queue.
+        let Some(order) = self.core.publishes.try_order() else {
+            self.core.publishes.refused(telemetry, open);
+            return Err(P::refused(request, Attempt::TrySend));
+        };
+        order.hand_over(telemetry, open);
+        let sent = P::try_send(&self.inner, request);
+        if sent.is_err() {
+            order.withdraw();
+        }
+        sent
     }
 
     /// Remembers a filter subscribed through this client: it names the receive spans of the

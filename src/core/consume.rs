@@ -202,9 +202,10 @@ impl Telemetry {
             }
             span.end();
         }
-        self.settings.metrics.subscriber.record_process(
+        processing.metrics.record_duration(
+            &self.settings,
+            Operation::Process,
             processing.started.elapsed(),
-            &processing.metrics.attributes,
             error.map(|(error_type, _)| error_type),
         );
     }

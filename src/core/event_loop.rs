@@ -13,12 +13,15 @@ use super::correlation::Failure;
 use super::protocol::{EventView, Protocol};
 use super::recovery::Recovery;
 use super::shared::Core;
+use super::tracking::PublishTable;
 use crate::reconnect::ReconnectBackoff;
 
 /// A traced rumqttc event loop of protocol `P`.
 pub(crate) struct EventLoop<P: Protocol> {
     inner: P::EventLoop,
     core: Arc<Core>,
+    /// The open publish spans, matched to rumqttc's events.
+    publishes: PublishTable,
     /// Connection state for the health metrics, and whether the next poll connects.
     connection: ConnectionTracker,
     /// Held requests, session loss and resend.
@@ -28,10 +31,11 @@ pub(crate) struct EventLoop<P: Protocol> {
 }
 
 impl<P: Protocol> EventLoop<P> {
-    pub(crate) fn new(inner: P::EventLoop, core: Arc<Core>) -> Self {
+    pub(crate) fn new(inner: P::EventLoop, core: Arc<Core>, publishes: PublishTable) -> Self {
         Self {
             inner,
             core,
+            publishes,
             connection: ConnectionTracker::default(),
             recovery: Recovery::default(),
             backoff: None,
@@ -94,13 +98,13 @@ impl<P: Protocol> EventLoop<P> {
         gauges
             .pending
             .store(P::pending(&mut self.inner).len() as u64, Ordering::Relaxed);
-        self.core.publishes.sweep(telemetry);
         let mut event = match result {
             Ok(event) => event,
             Err(error) => {
+                self.publishes.after_poll(telemetry, true);
                 self.recovery.after_error(&mut self.inner, attempt);
                 self.connection.on_error(telemetry, P::error_type(&error));
-                self.core.publishes.on_connection_lost(
+                self.publishes.on_connection_lost(
                     telemetry,
                     P::queued_events(&self.inner)
                         .iter()
@@ -127,24 +131,35 @@ impl<P: Protocol> EventLoop<P> {
             self.recovery.after_connack(
                 &mut self.inner,
                 telemetry,
-                &self.core.publishes,
+                &mut self.publishes,
                 session_present,
                 receive_maximum,
                 attempt,
             );
         }
-        let (incoming, signal) = {
+        let (incoming, signal, keep_alive) = {
             let view = P::event(&event);
-            match &view {
-                EventView::PingResp => self.connection.on_pingresp(telemetry),
-                EventView::Outgoing(outgoing) => self.connection.on_outgoing(telemetry, outgoing),
-                _ => {}
-            }
-            (matches!(view, EventView::Publish), view.signal())
+            let keep_alive = match &view {
+                EventView::PingResp => {
+                    self.connection.on_pingresp(telemetry);
+                    true
+                }
+                EventView::Outgoing(outgoing) => {
+                    self.connection.on_outgoing(telemetry, outgoing);
+                    matches!(outgoing, rumqttc::Outgoing::PingReq)
+                }
+                _ => false,
+            };
+            (
+                matches!(view, EventView::Publish),
+                view.signal(),
+                keep_alive,
+            )
         };
         if let Some(signal) = signal {
-            self.core.publishes.on_signal(telemetry, signal);
+            self.publishes.on_signal(telemetry, signal);
         }
+        self.publishes.after_poll(telemetry, keep_alive);
         let delivery = if incoming {
             P::incoming_publish(&mut event).map(|publish| P::receive(telemetry, publish))
         } else {
@@ -167,8 +182,6 @@ impl<P: Protocol> Drop for EventLoop<P> {
     fn drop(&mut self) {
         let telemetry = &self.core.telemetry;
         self.connection.close(telemetry);
-        self.core
-            .publishes
-            .close(telemetry, Failure::EventLoopDropped);
+        self.publishes.close(telemetry, Failure::EventLoopDropped);
     }
 }

@@ -5,6 +5,7 @@ use std::fmt::Display;
 use std::sync::Arc;
 use std::time::Instant;
 
+use opentelemetry::baggage::BaggageExt;
 use opentelemetry::global::BoxedSpan;
 use opentelemetry::propagation::Injector;
 use opentelemetry::trace::{Span, Status, TraceContextExt};
@@ -111,6 +112,22 @@ impl Telemetry {
         (open, parent)
     }
 
+    /// Whether [`Telemetry::inject`] can write anything: not with the built-in propagator when
+    /// there is no valid span context and no baggage (the usual case of a tracer that records
+    /// nothing and a publish outside any trace).
+    pub(crate) fn injects(&self, open: &OpenPublish, parent: &Context) -> bool {
+        match &self.settings.propagator {
+            Propagator::W3C(_) => {
+                let valid = match &open.span {
+                    Some(span) => span.span_context().is_valid(),
+                    None => parent.span().span_context().is_valid(),
+                };
+                valid || !parent.baggage().is_empty()
+            }
+            Propagator::Custom(_) => true,
+        }
+    }
+
     /// Writes the propagation fields of an open publish span, with the baggage of `parent`,
     /// through `injector`.
     pub(crate) fn inject(&self, open: &OpenPublish, parent: &Context, injector: &mut dyn Injector) {
@@ -162,9 +179,10 @@ impl Telemetry {
             // A QoS 0 publish ends when it is written.
             self.count_written(&mut open);
         }
-        self.settings.metrics.publisher.record_publish(
+        open.metrics.record_duration(
+            &self.settings,
+            Operation::Publish,
             open.started.elapsed(),
-            &open.metrics.attributes,
             error_type,
         );
         if let Some(mut span) = open.span.take() {

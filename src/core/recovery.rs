@@ -11,7 +11,7 @@ use super::correlation::{Failure, Resent, Signal};
 use super::protocol::{Protocol, RequestKind};
 use super::publish::OpenPublish;
 use super::telemetry::Telemetry;
-use super::tracking::{PublishTracker, after_step};
+use super::tracking::{PublishTable, after_step};
 
 /// What rumqttc's `pending` queue held when a connection attempt began.
 pub(crate) struct Attempt<P: Protocol> {
@@ -113,7 +113,7 @@ impl<P: Protocol> Recovery<P> {
         &mut self,
         inner: &mut P::EventLoop,
         telemetry: &Telemetry,
-        publishes: &PublishTracker,
+        publishes: &mut PublishTable,
         session_present: bool,
         receive_maximum: Option<u16>,
         attempt: Attempt<P>,
@@ -140,7 +140,7 @@ impl<P: Protocol> Recovery<P> {
         &mut self,
         inner: &mut P::EventLoop,
         telemetry: &Telemetry,
-        publishes: &PublishTracker,
+        publishes: &mut PublishTable,
         attempt: Attempt<P>,
     ) {
         let mut collision = P::collision(inner).take();
@@ -225,6 +225,9 @@ impl<P: Protocol> Recovery<P> {
     /// time, and only while the in-flight window has room (counting the replays rumqttc is about
     /// to write) and no publish is parked on a collision, so that rumqttc never collides twice.
     fn feed(&mut self, inner: &mut P::EventLoop) {
+        if self.held.is_empty() {
+            return;
+        }
         let window = usize::from(self.window(inner));
         // Replays still in `pending` take their places in the window once rumqttc writes them.
         let replays = P::pending(inner)
@@ -250,27 +253,25 @@ impl<P: Protocol> Recovery<P> {
     }
 }
 
-impl PublishTracker {
+impl PublishTable {
     /// The connection broke; `queued` are the events rumqttc still holds, to hand out after the
     /// reconnect. Those not applied yet are applied now (a publish written, an acknowledgement
     /// read just before the end of the stream), so that a CONNACK without session finds the
     /// table as rumqttc's state really is.
     pub(crate) fn on_connection_lost(
-        &self,
+        &mut self,
         telemetry: &Telemetry,
         queued: impl IntoIterator<Item = Signal>,
     ) {
+        self.take_handed(telemetry);
         let mut finished = Vec::new();
-        {
-            let mut table = self.table();
-            let already = table.stale_applied();
-            for signal in queued.into_iter().skip(already) {
-                let step = table.apply_stale(signal);
-                finished.extend(after_step(telemetry, &mut table, signal, step));
-            }
+        let already = self.table.stale_applied();
+        for signal in queued.into_iter().skip(already) {
+            let step = self.table.apply_stale(signal);
+            finished.extend(after_step(telemetry, &mut self.table, signal, step));
         }
         for (open, result) in finished {
-            telemetry.finish(open, result);
+            self.finish(telemetry, open, result);
         }
     }
 
@@ -279,17 +280,15 @@ impl PublishTracker {
     /// requests back in that order: their spans stay open. Everything else that waited ends
     /// with `session_lost`.
     pub(crate) fn on_session_lost(
-        &self,
+        &mut self,
         telemetry: &Telemetry,
         unsent: usize,
         requeue: Option<&[Resent]>,
     ) {
-        let lost = {
-            let mut table = self.table();
-            match requeue {
-                Some(plan) => table.requeue(plan, OpenPublish::retransmitted),
-                None => table.on_session_lost(unsent),
-            }
+        self.take_handed(telemetry);
+        let lost = match requeue {
+            Some(plan) => self.table.requeue(plan, OpenPublish::retransmitted),
+            None => self.table.on_session_lost(unsent),
         };
         if let Some(plan) = requeue {
             telemetry
@@ -299,7 +298,7 @@ impl PublishTracker {
                 .record_resent(plan.len() as u64, &telemetry.connection_metric_attributes);
         }
         for open in lost {
-            telemetry.finish(open, Err(Failure::SessionLost));
+            self.finish(telemetry, open, Err(Failure::SessionLost));
         }
     }
 }

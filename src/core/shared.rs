@@ -4,7 +4,7 @@ use crate::instrumentation::Instrumentation;
 use crate::semconv::ConnectionAttributes;
 
 use super::telemetry::Telemetry;
-use super::tracking::PublishTracker;
+use super::tracking::{PublishTable, PublishTracker, publish_tracking};
 
 /// The shared state of one connection: what its spans and metrics are made from, and its open
 /// publish spans.
@@ -15,10 +15,16 @@ pub(crate) struct Core {
 }
 
 impl Core {
-    pub(crate) fn new(instrumentation: &Instrumentation, connection: ConnectionAttributes) -> Self {
-        Self {
+    /// The shared state of a new connection, and the publish table its event loop owns.
+    pub(crate) fn new(
+        instrumentation: &Instrumentation,
+        connection: ConnectionAttributes,
+    ) -> (Self, PublishTable) {
+        let (publishes, table) = publish_tracking();
+        let core = Self {
             telemetry: Telemetry::new(instrumentation, connection),
-            publishes: PublishTracker::default(),
-        }
+            publishes,
+        };
+        (core, table)
     }
 }

@@ -22,6 +22,45 @@ use crate::topic::TopicFilterSet;
 pub(crate) struct MetricSet {
     pub(crate) attributes: Arc<[KeyValue]>,
     pub(crate) count: Option<Arc<CounterCell>>,
+    /// The duration histogram bound to these attributes, for successful operations; bound at
+    /// the first success, so a set that never succeeds exports no empty histogram point.
+    #[cfg(feature = "bound-instruments")]
+    duration: Option<OnceLock<crate::metrics::BoundDuration>>,
+}
+
+impl MetricSet {
+    /// Records the duration of a publish (`Operation::Publish`) or handler run
+    /// (`Operation::Process`) on this set: bound when it succeeded and the set is bound.
+    pub(crate) fn record_duration(
+        &self,
+        settings: &Settings,
+        operation: Operation,
+        duration: std::time::Duration,
+        error_type: Option<&'static str>,
+    ) {
+        let metrics = &settings.metrics;
+        #[cfg(feature = "bound-instruments")]
+        if error_type.is_none()
+            && let Some(bound) = &self.duration
+        {
+            let bound = bound.get_or_init(|| match operation {
+                Operation::Process => metrics.subscriber.bind_duration(&self.attributes),
+                _ => metrics.publisher.bind_duration(&self.attributes),
+            });
+            bound.record(duration.as_secs_f64());
+            return;
+        }
+        match operation {
+            Operation::Process => {
+                metrics
+                    .subscriber
+                    .record_process(duration, &self.attributes, error_type)
+            }
+            _ => metrics
+                .publisher
+                .record_publish(duration, &self.attributes, error_type),
+        }
+    }
 }
 
 /// The metric sets of one destination, one per QoS, built on first use.
@@ -34,6 +73,16 @@ pub(crate) struct MetricSlots([OnceLock<Arc<MetricSet>>; 3]);
 pub(crate) struct Subscription {
     pub(crate) filter: Arc<str>,
     slots: MetricSlots,
+}
+
+/// Up to this many subscriptions, matching each filter in turn is faster than the trie.
+const LINEAR_SCAN_MAX: usize = 8;
+
+/// The subscriptions of a connection: a trie for many, a list for a few.
+#[derive(Debug, Default)]
+struct Subscriptions {
+    set: TopicFilterSet<Arc<Subscription>>,
+    list: Vec<Arc<Subscription>>,
 }
 
 /// How a span is started.
@@ -59,7 +108,7 @@ pub(crate) struct Telemetry {
     /// What the connected / in-flight / pending gauges read.
     pub(crate) gauges: Arc<ConnectionGauges>,
     /// The filters subscribed through the traced client, for receive span names.
-    subscriptions: RwLock<TopicFilterSet<Arc<Subscription>>>,
+    subscriptions: RwLock<Subscriptions>,
     /// Metric sets of publishes, by publisher template (its index), and of publishes and
     /// receives without a template or subscription.
     template_slots: Vec<MetricSlots>,
@@ -100,7 +149,7 @@ impl Telemetry {
             connection,
             connection_metric_attributes,
             gauges,
-            subscriptions: RwLock::new(TopicFilterSet::new()),
+            subscriptions: RwLock::new(Subscriptions::default()),
             template_slots,
             untemplated_publish: MetricSlots::default(),
             unsubscribed_receive: MetricSlots::default(),
@@ -217,7 +266,19 @@ impl Telemetry {
                 Operation::Receive => Some(metrics.subscriber.consumed_cell(&attributes)),
                 _ => None,
             };
-            Arc::new(MetricSet { attributes, count })
+            // Per-message sets (raw topics) are not worth binding.
+            #[cfg(feature = "bound-instruments")]
+            let duration = match operation {
+                _ if self.settings.metric_topics => None,
+                Operation::Publish | Operation::Process => Some(OnceLock::new()),
+                _ => None,
+            };
+            Arc::new(MetricSet {
+                attributes,
+                count,
+                #[cfg(feature = "bound-instruments")]
+                duration,
+            })
         };
         if self.settings.metric_topics {
             return build();
@@ -228,7 +289,7 @@ impl Telemetry {
 
     /// Remembers a filter subscribed through the traced client.
     pub(crate) fn subscribed(&self, filter: &str) {
-        let mut set = self
+        let mut subscriptions = self
             .subscriptions
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -237,28 +298,42 @@ impl Telemetry {
             slots: MetricSlots::default(),
         });
         // An invalid filter is refused by the broker; it cannot name a destination.
-        let _ = set.insert(filter, subscription);
+        if subscriptions
+            .set
+            .insert(filter, Arc::clone(&subscription))
+            .is_ok()
+        {
+            subscriptions.list.retain(|s| &*s.filter != filter);
+            subscriptions.list.push(subscription);
+        }
     }
 
     /// Forgets a filter unsubscribed through the traced client.
     pub(crate) fn unsubscribed(&self, filter: &str) {
-        let mut set = self
+        let mut subscriptions = self
             .subscriptions
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        set.remove(filter);
+        subscriptions.set.remove(filter);
+        subscriptions.list.retain(|s| &*s.filter != filter);
     }
 
     /// The most specific subscription whose filter matches `topic`.
     pub(super) fn subscription_for(&self, topic: &str) -> Option<Arc<Subscription>> {
-        let set = self
+        let subscriptions = self
             .subscriptions
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if set.is_empty() {
-            return None;
-        }
-        crate::topic::most_specific(set.matches(topic), |s| &s.filter).cloned()
+        let list = &subscriptions.list;
+        let found = if list.len() <= LINEAR_SCAN_MAX {
+            let matching = list
+                .iter()
+                .filter(|s| crate::topic::matches(topic, &s.filter));
+            crate::topic::most_specific(matching, |s| &s.filter)
+        } else {
+            crate::topic::most_specific(subscriptions.set.matches(topic), |s| &s.filter)
+        };
+        found.cloned()
     }
 }
 
@@ -290,5 +365,54 @@ mod tests {
         ];
         keep_last_of_each_key(&mut attributes);
         assert_eq!(attributes, [KeyValue::new("b", 2), KeyValue::new("a", 3)]);
+    }
+
+    /// A few subscriptions are scanned one by one, many go through the trie: the answer is the
+    /// same, the most specific matching filter.
+    #[test]
+    fn the_most_specific_subscription_whatever_their_number() {
+        let instrumentation = Instrumentation::builder().build();
+        let connection = ConnectionAttributes::new(
+            "c",
+            "broker.test",
+            1883,
+            crate::semconv::ProtocolVersion::V5,
+        );
+        let telemetry = Telemetry::new(&instrumentation, connection);
+        let found = |topic| {
+            telemetry
+                .subscription_for(topic)
+                .map(|s| s.filter.to_string())
+        };
+        for filter in ["home/#", "home/+/temperature", "$share/g/home/kitchen/+"] {
+            telemetry.subscribed(filter);
+        }
+        let few = [
+            found("home/kitchen/temperature"),
+            found("home/hall"),
+            found("office"),
+        ];
+        assert_eq!(
+            few,
+            [
+                Some("home/+/temperature".to_owned()),
+                Some("home/#".to_owned()),
+                None
+            ]
+        );
+        for i in 0..LINEAR_SCAN_MAX {
+            telemetry.subscribed(&format!("other/{i}/#"));
+        }
+        let many = [
+            found("home/kitchen/temperature"),
+            found("home/hall"),
+            found("office"),
+        ];
+        assert_eq!(few, many);
+        telemetry.unsubscribed("$share/g/home/kitchen/+");
+        assert_eq!(
+            found("home/kitchen/temperature").as_deref(),
+            Some("home/+/temperature")
+        );
     }
 }

@@ -39,6 +39,10 @@ use crate::semconv::{ERROR_TYPE, metric};
 mod summed;
 
 pub(crate) use summed::CounterCell;
+
+/// A duration histogram bound to one attribute set.
+#[cfg(feature = "bound-instruments")]
+pub(crate) type BoundDuration = opentelemetry::metrics::BoundHistogram<f64>;
 use summed::SummedCounter;
 
 /// `mqtt.client.message.body.size`.
@@ -134,6 +138,12 @@ impl MqttPublisherMetrics {
             .record(duration.as_secs_f64(), &with_error(attributes, error_type));
     }
 
+    /// The operation-duration histogram bound to `attributes` (successful publishes).
+    #[cfg(feature = "bound-instruments")]
+    pub(crate) fn bind_duration(&self, attributes: &[KeyValue]) -> BoundDuration {
+        self.operation_duration.bind(attributes)
+    }
+
     /// Records a message written to the network.
     pub fn record_sent(&self, attributes: &[KeyValue]) {
         self.sent_messages.add(1, attributes);
@@ -190,6 +200,12 @@ impl MqttSubscriberMetrics {
     /// Records the payload size of a message received (`mqtt.client.message.body.size`).
     pub fn record_body_size(&self, body_size: usize, attributes: &[KeyValue]) {
         self.body_size.record(body_size as u64, attributes);
+    }
+
+    /// The process-duration histogram bound to `attributes` (successful runs).
+    #[cfg(feature = "bound-instruments")]
+    pub(crate) fn bind_duration(&self, attributes: &[KeyValue]) -> BoundDuration {
+        self.process_duration.bind(attributes)
     }
 
     /// Records a handler run of `duration`: successful, or failed with `error_type`.

@@ -51,8 +51,9 @@ impl Protocol for V5 {
         options.set_manual_acks(true);
     }
 
+    /// rumqttc's rule (no `+` or `#` in a topic name), in one pass over the bytes.
     fn valid_topic(topic: &str) -> bool {
-        rumqttc::v5::mqttbytes::valid_topic(topic)
+        !topic.bytes().any(|b| b == b'+' || b == b'#')
     }
 
     /// The context goes into the user properties, after the application's own (which are kept,
@@ -63,6 +64,9 @@ impl Protocol for V5 {
         parent: &Context,
         request: &mut PublishRequest<Self>,
     ) {
+        if request.properties.is_none() && !telemetry.injects(open, parent) {
+            return;
+        }
         let had_properties = request.properties.is_some();
         let mut properties = request.properties.take().unwrap_or_default();
         telemetry.inject(
@@ -70,7 +74,8 @@ impl Protocol for V5 {
             parent,
             &mut UserPropertiesInjector::new(&mut properties.user_properties),
         );
-        let unchanged = !had_properties && properties == PublishProperties::default();
+        // The injector writes user properties only.
+        let unchanged = !had_properties && properties.user_properties.is_empty();
         request.properties = (!unchanged).then_some(properties);
     }
 

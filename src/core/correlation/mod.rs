@@ -76,12 +76,12 @@ impl Failure {
 }
 
 /// One place in the table: the entry, or `None` once its span ended early (a ghost), with the
-/// moment it was handed over or last written.
+/// moment it was last written (the acknowledgement bound counts from there).
 #[derive(Debug)]
 struct Slot<T> {
     /// Hand-over order, to end entries oldest first.
     seq: u64,
-    since: Instant,
+    written: Option<Instant>,
     value: Option<T>,
 }
 
@@ -89,7 +89,7 @@ impl<T> Slot<T> {
     fn ghost() -> Self {
         Self {
             seq: 0,
-            since: Instant::now(),
+            written: None,
             value: None,
         }
     }
@@ -177,7 +177,7 @@ impl<T> Correlation<T> {
         self.handed_over += 1;
         self.queued.push_back(Slot {
             seq: self.handed_over,
-            since: Instant::now(),
+            written: None,
             value: Some(value),
         });
     }
@@ -187,6 +187,7 @@ impl<T> Correlation<T> {
         self.queued.pop_back().and_then(|slot| slot.value)
     }
 
+    #[cfg(test)]
     fn slots(&self) -> impl Iterator<Item = &Slot<T>> {
         self.queued
             .iter()
@@ -196,6 +197,7 @@ impl<T> Correlation<T> {
     }
 
     /// Open entries (spans not ended yet).
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.slots().filter(|slot| slot.value.is_some()).count()
     }
@@ -268,7 +270,7 @@ impl<T> Correlation<T> {
 
     fn insert_awaiting(&mut self, pkid: u16, mut slot: Slot<T>) -> Step<T> {
         // The acknowledgement bound counts from the write.
-        slot.since = Instant::now();
+        slot.written = Some(Instant::now());
         match self.awaiting_ack.insert(pkid, slot) {
             Some(previous) => Step::done(previous, Err(Failure::Desynchronized)),
             None => Step::Pending,
@@ -373,7 +375,9 @@ impl<T> Correlation<T> {
             .values_mut()
             .chain(self.awaiting_comp.values_mut())
         {
-            if now.saturating_duration_since(slot.since) >= bound
+            if slot
+                .written
+                .is_some_and(|written| now.saturating_duration_since(written) >= bound)
                 && let Some(value) = slot.value.take()
             {
                 expired.push((slot.seq, value));
