@@ -160,6 +160,19 @@ impl TracedConnection {
 
 /// The iterator of [`TracedConnection::iter`], like rumqttc's `Iter`: each item is an event or
 /// a connection error, from one [`TracedConnection::recv`].
+///
+/// ```no_run
+/// use rumqttc::v5::MqttOptions;
+/// use rumqttc_opentelemetry::v5::{TracedIter, TracedSyncClient};
+///
+/// let (_client, mut connection) =
+///     TracedSyncClient::new(MqttOptions::new("agent-1", "localhost", 1883), 10);
+/// let events: TracedIter<'_> = connection.iter();
+/// // The CONNACK, or the error of the first connection attempt, then two more.
+/// for event in events.take(3) {
+///     println!("{event:?}");
+/// }
+/// ```
 pub struct TracedIter<'a> {
     inner: Iter<'a, V5>,
 }
