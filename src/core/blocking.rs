@@ -29,8 +29,9 @@
 //! **Inside an async runtime.** tokio refuses to block a thread that drives async tasks:
 //! `Runtime::block_on` panics there ("Cannot start a runtime from within a runtime"), so the
 //! receive methods of a `TracedConnection` panic when called from async code, exactly as
-//! rumqttc's `Connection` does. The blocking twins are for threads outside any runtime (or
-//! `spawn_blocking`); async code uses `TracedClient` / `TracedEventLoop`.
+//! rumqttc's `Connection` does; so does dropping the connection there, since that drops its
+//! runtime. The blocking twins are for threads outside any runtime (or `spawn_blocking`); async
+//! code uses `TracedClient` / `TracedEventLoop`.
 
 use std::pin::pin;
 use std::sync::Arc;

@@ -178,6 +178,18 @@ fn blocking_receive_inside_a_runtime_panics() {
     });
 }
 
+/// Dropping a connection in async code drops its runtime, which tokio refuses there too, as
+/// for rumqttc's `Connection`.
+#[test]
+#[should_panic(expected = "Cannot drop a runtime in a context where blocking is not allowed")]
+fn dropping_a_connection_inside_a_runtime_panics() {
+    let (_client, connection) = connection();
+    let outer = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap_or_else(|error| panic!("{error}"));
+    outer.block_on(async move { drop(connection) });
+}
+
 /// `try_recv` does not block, so it works from async code as well.
 #[test]
 fn try_receive_inside_a_runtime_does_not_panic() {

@@ -26,7 +26,8 @@ use crate::reconnect::ReconnectBackoff;
 /// `#[tokio::main]`), they panic with "Cannot start a runtime from within a runtime", as
 /// rumqttc's do. Run the connection on a thread of its own (`std::thread`, `spawn_blocking`),
 /// or use [`TracedEventLoop`](super::TracedEventLoop) in async code. `try_recv()` does not
-/// block and works anywhere.
+/// block and works anywhere. Dropping the connection inside async code panics too ("Cannot drop
+/// a runtime in a context where blocking is not allowed"), as dropping rumqttc's does.
 ///
 /// rumqttc's `Connection` has a public `eventloop` field; here [`TracedConnection::inner`] and
 /// [`TracedConnection::inner_mut`] give the same access.
