@@ -25,6 +25,17 @@
 //! Spans and metrics go to the global providers unless an [`Instrumentation`] names others
 //! (`TracedClient::with_instrumentation`).
 //!
+//! | rumqttc 0.25 | this crate |
+//! |---|---|
+//! | `rumqttc::AsyncClient`, `EventLoop` | [`v4::TracedClient`], [`v4::TracedEventLoop`] |
+//! | `rumqttc::v5::AsyncClient`, `EventLoop` | [`v5::TracedClient`], [`v5::TracedEventLoop`] |
+//! | `rumqttc::Client`, `Connection` (blocking) | [`v4::TracedSyncClient`], [`v4::TracedConnection`] |
+//! | `rumqttc::v5::Client`, `Connection` (blocking) | [`v5::TracedSyncClient`], [`v5::TracedConnection`] |
+//!
+//! The blocking twins are for threads without an async runtime, like rumqttc's: the same spans,
+//! propagation, metrics and reconnect handling, from the same core (see [`v4::TracedConnection`]
+//! for their one limit).
+//!
 //! # Spans
 //!
 //! | what | kind | name | `messaging.operation.type` / `.name` |

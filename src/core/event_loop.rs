@@ -6,6 +6,7 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use super::connection::ConnectionTracker;
 use super::consume::Delivery;
@@ -28,6 +29,9 @@ pub(crate) struct EventLoop<P: Protocol> {
     recovery: Recovery<P>,
     /// Wait between failed connection attempts (off by default).
     backoff: Option<ReconnectBackoff>,
+    /// When the current wait between attempts ends: kept when a poll is dropped during it (a
+    /// blocking `recv_timeout`, a `select!`), so that the next poll does not start it over.
+    backoff_until: Option<tokio::time::Instant>,
 }
 
 impl<P: Protocol> EventLoop<P> {
@@ -39,6 +43,7 @@ impl<P: Protocol> EventLoop<P> {
             connection: ConnectionTracker::default(),
             recovery: Recovery::default(),
             backoff: None,
+            backoff_until: None,
         }
     }
 
@@ -65,6 +70,7 @@ impl<P: Protocol> EventLoop<P> {
     /// The wait between failed connection attempts.
     pub(crate) fn set_reconnect_backoff(&mut self, backoff: Option<ReconnectBackoff>) {
         self.backoff = backoff;
+        self.backoff_until = None;
     }
 
     /// rumqttc's `poll`, traced.
@@ -86,7 +92,15 @@ impl<P: Protocol> EventLoop<P> {
             && let Some(backoff) = &self.backoff
             && let Some(failures) = self.connection.failed_attempts()
         {
-            tokio::time::sleep(backoff.delay(failures)).await;
+            let until = *self.backoff_until.get_or_insert_with(|| {
+                let now = tokio::time::Instant::now();
+                // tokio's own far future for a delay past what an Instant holds.
+                let longest = Duration::from_secs(30 * 365 * 86_400);
+                now.checked_add(backoff.delay(failures))
+                    .unwrap_or(now + longest)
+            });
+            tokio::time::sleep_until(until).await;
+            self.backoff_until = None;
         }
         let attempt = self.recovery.before_poll(&mut self.inner, connecting);
         let result = P::poll(&mut self.inner).await;

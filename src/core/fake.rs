@@ -292,6 +292,10 @@ impl Protocol for Fake {
         error.0
     }
 
+    fn requests_done(error: &FakeError) -> bool {
+        error.0 == "requests_done"
+    }
+
     fn event(event: &FakeEvent) -> EventView<'_> {
         match event {
             FakeEvent::ConnAck { session_present } => EventView::ConnAck {

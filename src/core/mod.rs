@@ -12,7 +12,11 @@
 //!   that matches rumqttc's events to open publishes.
 //! - `consume`: receive and process spans, and the [`Delivery`] of a message.
 //! - `recovery`: what the event loop does around reconnects; `connection`: connection health.
+//! - `blocking`: the blocking adapter the `TracedSyncClient` / `TracedConnection` of each
+//!   version wrap: requests run to their end on the calling thread, the event loop driven by a
+//!   runtime of the connection's own.
 
+mod blocking;
 mod client;
 mod connection;
 mod consume;
@@ -29,6 +33,7 @@ mod shared;
 mod telemetry;
 mod tracking;
 
+pub(crate) use blocking::{Connection, Iter, Wait, wait};
 pub(crate) use client::Client;
 pub(crate) use connection::{feature_error_type, io_error_type};
 pub use consume::Delivery;

@@ -244,6 +244,10 @@ pub(crate) trait Protocol: Sized + Send + Sync + 'static {
     /// The `error.type` of a connection error.
     fn error_type(error: &Self::ConnectionError) -> &'static str;
 
+    /// Whether the error is rumqttc's `ConnectionError::RequestsDone`, the request channel
+    /// closed (the blocking `Connection` then returns `RecvError`, as rumqttc's does).
+    fn requests_done(error: &Self::ConnectionError) -> bool;
+
     // --- Events
 
     /// What an event is.

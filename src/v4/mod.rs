@@ -1,5 +1,5 @@
-//! Traced MQTT 3.1.1: drop-in twins of `rumqttc::{AsyncClient, EventLoop}`, and the publisher
-//! and subscriber roles. The module is named after rumqttc's (MQTT 3.1.1 is protocol level 4).
+//! Traced MQTT 3.1.1: drop-in twins of `rumqttc::{AsyncClient, EventLoop}` and of the blocking
+//! `rumqttc::{Client, Connection}`, and the publisher and subscriber roles. The module is named after rumqttc's (MQTT 3.1.1 is protocol level 4).
 //!
 //! MQTT 3.1.1 has no user properties. By default ([`V4Propagation::None`]) publishes keep their
 //! payload byte for byte and each message starts a new trace at its receiver; with
@@ -29,23 +29,42 @@
 //! }
 //! # }
 //! ```
+//!
+//! For rumqttc's blocking `Client` and `Connection` (threads, no async runtime) it is
+//! [`TracedSyncClient`] and [`TracedConnection`]:
+//!
+//! ```no_run
+//! use rumqttc::{MqttOptions, QoS};
+//! // was: use rumqttc::Client;
+//! use rumqttc_opentelemetry::v4::TracedSyncClient as Client;
+//!
+//! let (client, mut connection) = Client::new(MqttOptions::new("sensor-1", "localhost", 1883), 10);
+//! std::thread::spawn(move || client.publish("home/kitchen/temperature", QoS::AtLeastOnce, false, "21.5"));
+//! for notification in connection.iter() {
+//!     println!("{notification:?}");
+//! }
+//! ```
 
 // The methods return rumqttc's own error type, unchanged, so that the swap is one line; its size
 // is rumqttc's choice.
 #![allow(clippy::result_large_err)]
 
 mod client;
+mod connection;
 mod event_loop;
 mod message;
 mod protocol;
 mod publisher;
 mod subscriber;
+mod sync_client;
 
 pub use crate::roles::{AckPolicy, RetryPolicy};
 pub use client::TracedClient;
+pub use connection::{TracedConnection, TracedIter};
 pub use event_loop::TracedEventLoop;
 pub use message::Message;
 #[cfg(test)]
 pub(crate) use protocol::V4;
 pub use publisher::TracedPublisher;
 pub use subscriber::{SubscriberBuilder, TracedSubscriber};
+pub use sync_client::TracedSyncClient;

@@ -170,6 +170,10 @@ impl Protocol for V4 {
         error_type(error)
     }
 
+    fn requests_done(error: &ConnectionError) -> bool {
+        matches!(error, ConnectionError::RequestsDone)
+    }
+
     /// MQTT 3.1.1 acknowledgements carry no reason code.
     fn event(event: &Event) -> EventView<'_> {
         match event {

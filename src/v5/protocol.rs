@@ -193,6 +193,10 @@ impl Protocol for V5 {
         error_type(error)
     }
 
+    fn requests_done(error: &ConnectionError) -> bool {
+        matches!(error, ConnectionError::RequestsDone)
+    }
+
     fn event(event: &Event) -> EventView<'_> {
         match event {
             Event::Incoming(Packet::ConnAck(connack)) => {

@@ -1,0 +1,314 @@
+//! [`TracedSyncClient`]: rumqttc's blocking `v5::Client` with a PRODUCER span per publish and
+//! the context in its user properties, the blocking twin of [`TracedClient`].
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{
+    Filter, Publish, PublishProperties, SubscribeProperties, UnsubscribeProperties,
+};
+use rumqttc::v5::{AsyncClient, ClientError, MqttOptions};
+
+use super::client::TracedClient;
+use super::connection::TracedConnection;
+use crate::core::wait;
+use crate::error::Error;
+use crate::instrumentation::Instrumentation;
+
+/// A traced `rumqttc::v5::Client` (the blocking one): every method of it, with the same
+/// signature and error type, plus a PRODUCER span per publish that ends at its acknowledgement,
+/// whose context travels in the message's user properties (`traceparent`, `tracestate`,
+/// `baggage`). Its [`TracedConnection`] must be iterated (or `recv`ed), usually on another
+/// thread, for requests to move, as with rumqttc.
+///
+/// Each method is [`TracedClient`]'s, run to its end on the calling thread: the same spans,
+/// propagation and correlation. Like rumqttc's, a call blocks while the request channel is
+/// full. It needs no async runtime; see [`TracedConnection`] for the one limit of the blocking
+/// twins.
+///
+/// Clones share one connection, one correlation table and one [`Instrumentation`].
+///
+/// ```no_run
+/// use std::thread;
+/// use rumqttc::v5::MqttOptions;
+/// use rumqttc::v5::mqttbytes::QoS;
+/// // was: use rumqttc::v5::Client;
+/// use rumqttc_opentelemetry::v5::TracedSyncClient as Client;
+///
+/// let (client, mut connection) = Client::new(MqttOptions::new("agent-1", "localhost", 1883), 10);
+/// thread::spawn(move || {
+///     // Blocks until the broker has acknowledged it; fails with the reason code's name
+///     // otherwise.
+///     client
+///         .publish_confirmed("agent/1/reading", QoS::AtLeastOnce, false, "21.5", None)
+///         .unwrap();
+/// });
+/// for notification in connection.iter() {
+///     println!("{notification:?}");
+/// }
+/// ```
+#[derive(Clone)]
+pub struct TracedSyncClient {
+    inner: TracedClient,
+}
+
+impl std::fmt::Debug for TracedSyncClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl TracedSyncClient {
+    /// Like `rumqttc::v5::Client::new`, with the default [`Instrumentation`] (global
+    /// providers, built-in W3C propagator).
+    ///
+    /// # Panics
+    ///
+    /// When the operating system refuses what the connection's tokio runtime needs, as
+    /// rumqttc's `Client::new` does.
+    pub fn new(options: MqttOptions, cap: usize) -> (TracedSyncClient, TracedConnection) {
+        Self::with_instrumentation(options, cap, Instrumentation::default())
+    }
+
+    /// Like [`TracedSyncClient::new`], with the given instrumentation.
+    ///
+    /// # Panics
+    ///
+    /// As [`TracedSyncClient::new`].
+    pub fn with_instrumentation(
+        options: MqttOptions,
+        cap: usize,
+        instrumentation: Instrumentation,
+    ) -> (TracedSyncClient, TracedConnection) {
+        let (inner, eventloop) = TracedClient::with_instrumentation(options, cap, instrumentation);
+        (
+            TracedSyncClient { inner },
+            TracedConnection::from_generic(eventloop.into_generic()),
+        )
+    }
+
+    /// The wrapped rumqttc client. Publishes sent through it directly are not traced, and they
+    /// take a place in rumqttc's queue that the span correlation does not know about: use this
+    /// client's own methods to publish.
+    pub fn inner(&self) -> &AsyncClient {
+        self.inner.inner()
+    }
+
+    /// Traced `Client::publish_with_properties`; the properties' user properties are kept, in
+    /// order, and the propagation fields are appended (replacing any of the same name).
+    pub fn publish_with_properties<S, P>(
+        &self,
+        topic: S,
+        qos: QoS,
+        retain: bool,
+        payload: P,
+        properties: PublishProperties,
+    ) -> Result<(), ClientError>
+    where
+        S: Into<String>,
+        P: Into<Bytes>,
+    {
+        wait(
+            self.inner
+                .publish_with_properties(topic, qos, retain, payload, properties),
+        )
+    }
+
+    /// Traced `Client::publish`.
+    pub fn publish<S, P>(
+        &self,
+        topic: S,
+        qos: QoS,
+        retain: bool,
+        payload: P,
+    ) -> Result<(), ClientError>
+    where
+        S: Into<String>,
+        P: Into<Bytes>,
+    {
+        wait(self.inner.publish(topic, qos, retain, payload))
+    }
+
+    /// Publishes like [`TracedSyncClient::publish_with_properties`] (or `publish`, with
+    /// `None`), then blocks until the publish has ended, as its span does: written (QoS 0),
+    /// PUBACK (QoS 1), PUBCOMP (QoS 2). The connection must be iterated meanwhile, on another
+    /// thread.
+    ///
+    /// Fails with [`Error::PublishFailed`] carrying the span's `error.type` (an MQTT 5 reason
+    /// such as `not_authorized`, or `session_lost`, `ack_timeout`, `event_loop_dropped`), or with
+    /// [`Error::RequestRejected`] when rumqttc did not take the request.
+    pub fn publish_confirmed<S, P>(
+        &self,
+        topic: S,
+        qos: QoS,
+        retain: bool,
+        payload: P,
+        properties: Option<PublishProperties>,
+    ) -> Result<(), Error>
+    where
+        S: Into<String>,
+        P: Into<Bytes>,
+    {
+        wait(
+            self.inner
+                .publish_confirmed(topic, qos, retain, payload, properties),
+        )
+    }
+
+    /// Traced `Client::try_publish_with_properties`.
+    pub fn try_publish_with_properties<S, P>(
+        &self,
+        topic: S,
+        qos: QoS,
+        retain: bool,
+        payload: P,
+        properties: PublishProperties,
+    ) -> Result<(), ClientError>
+    where
+        S: Into<String>,
+        P: Into<Bytes>,
+    {
+        self.inner
+            .try_publish_with_properties(topic, qos, retain, payload, properties)
+    }
+
+    /// Traced `Client::try_publish`. When another thread is blocked sending on a full queue,
+    /// this returns `ClientError::TryRequest` at once, as rumqttc does on a full queue.
+    pub fn try_publish<S, P>(
+        &self,
+        topic: S,
+        qos: QoS,
+        retain: bool,
+        payload: P,
+    ) -> Result<(), ClientError>
+    where
+        S: Into<String>,
+        P: Into<Bytes>,
+    {
+        self.inner.try_publish(topic, qos, retain, payload)
+    }
+
+    /// `Client::ack`, unchanged (manual acknowledgement of an incoming PUBLISH).
+    pub fn ack(&self, publish: &Publish) -> Result<(), ClientError> {
+        wait(self.inner.ack(publish))
+    }
+
+    /// `Client::try_ack`, unchanged.
+    pub fn try_ack(&self, publish: &Publish) -> Result<(), ClientError> {
+        self.inner.try_ack(publish)
+    }
+
+    /// `Client::subscribe_with_properties`; the filter names the receive spans of matching
+    /// messages.
+    pub fn subscribe_with_properties<S: Into<String>>(
+        &self,
+        topic: S,
+        qos: QoS,
+        properties: SubscribeProperties,
+    ) -> Result<(), ClientError> {
+        wait(self.inner.subscribe_with_properties(topic, qos, properties))
+    }
+
+    /// `Client::subscribe`; the filter names the receive spans of matching messages.
+    pub fn subscribe<S: Into<String>>(&self, topic: S, qos: QoS) -> Result<(), ClientError> {
+        wait(self.inner.subscribe(topic, qos))
+    }
+
+    /// `Client::try_subscribe_with_properties`.
+    pub fn try_subscribe_with_properties<S: Into<String>>(
+        &self,
+        topic: S,
+        qos: QoS,
+        properties: SubscribeProperties,
+    ) -> Result<(), ClientError> {
+        self.inner
+            .try_subscribe_with_properties(topic, qos, properties)
+    }
+
+    /// `Client::try_subscribe`.
+    pub fn try_subscribe<S: Into<String>>(&self, topic: S, qos: QoS) -> Result<(), ClientError> {
+        self.inner.try_subscribe(topic, qos)
+    }
+
+    /// `Client::subscribe_many_with_properties`.
+    pub fn subscribe_many_with_properties<T>(
+        &self,
+        topics: T,
+        properties: SubscribeProperties,
+    ) -> Result<(), ClientError>
+    where
+        T: IntoIterator<Item = Filter>,
+    {
+        wait(
+            self.inner
+                .subscribe_many_with_properties(topics, properties),
+        )
+    }
+
+    /// `Client::subscribe_many`.
+    pub fn subscribe_many<T>(&self, topics: T) -> Result<(), ClientError>
+    where
+        T: IntoIterator<Item = Filter>,
+    {
+        wait(self.inner.subscribe_many(topics))
+    }
+
+    /// `Client::try_subscribe_many_with_properties`.
+    pub fn try_subscribe_many_with_properties<T>(
+        &self,
+        topics: T,
+        properties: SubscribeProperties,
+    ) -> Result<(), ClientError>
+    where
+        T: IntoIterator<Item = Filter>,
+    {
+        self.inner
+            .try_subscribe_many_with_properties(topics, properties)
+    }
+
+    /// `Client::try_subscribe_many`.
+    pub fn try_subscribe_many<T>(&self, topics: T) -> Result<(), ClientError>
+    where
+        T: IntoIterator<Item = Filter>,
+    {
+        self.inner.try_subscribe_many(topics)
+    }
+
+    /// `Client::unsubscribe_with_properties`.
+    pub fn unsubscribe_with_properties<S: Into<String>>(
+        &self,
+        topic: S,
+        properties: UnsubscribeProperties,
+    ) -> Result<(), ClientError> {
+        wait(self.inner.unsubscribe_with_properties(topic, properties))
+    }
+
+    /// `Client::unsubscribe`.
+    pub fn unsubscribe<S: Into<String>>(&self, topic: S) -> Result<(), ClientError> {
+        wait(self.inner.unsubscribe(topic))
+    }
+
+    /// `Client::try_unsubscribe_with_properties`.
+    pub fn try_unsubscribe_with_properties<S: Into<String>>(
+        &self,
+        topic: S,
+        properties: UnsubscribeProperties,
+    ) -> Result<(), ClientError> {
+        self.inner
+            .try_unsubscribe_with_properties(topic, properties)
+    }
+
+    /// `Client::try_unsubscribe`.
+    pub fn try_unsubscribe<S: Into<String>>(&self, topic: S) -> Result<(), ClientError> {
+        self.inner.try_unsubscribe(topic)
+    }
+
+    /// `Client::disconnect`, unchanged.
+    pub fn disconnect(&self) -> Result<(), ClientError> {
+        wait(self.inner.disconnect())
+    }
+
+    /// `Client::try_disconnect`, unchanged.
+    pub fn try_disconnect(&self) -> Result<(), ClientError> {
+        self.inner.try_disconnect()
+    }
+}
