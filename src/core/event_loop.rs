@@ -29,6 +29,8 @@ pub(crate) struct EventLoop<P: Protocol> {
     recovery: Recovery<P>,
     /// Wait between failed connection attempts (off by default).
     backoff: Option<ReconnectBackoff>,
+    /// The `Delivery` of the PUBLISH the last poll handed out.
+    delivery: Option<Delivery>,
     /// When the current wait between attempts ends: kept when a poll is dropped during it (a
     /// blocking `recv_timeout`, a `select!`), so that the next poll does not start it over.
     backoff_until: Option<tokio::time::Instant>,
@@ -43,6 +45,7 @@ impl<P: Protocol> EventLoop<P> {
             connection: ConnectionTracker::default(),
             recovery: Recovery::default(),
             backoff: None,
+            delivery: None,
             backoff_until: None,
         }
     }
@@ -75,18 +78,29 @@ impl<P: Protocol> EventLoop<P> {
 
     /// rumqttc's `poll`, traced.
     pub(crate) async fn poll(&mut self) -> Result<P::Event, P::ConnectionError> {
-        self.poll_traced().await.map(|(event, _)| event)
+        let result = self.advance().await;
+        self.delivery = None;
+        result
     }
 
     /// rumqttc's `poll`, traced, with the [`Delivery`] of an incoming PUBLISH.
+    pub(crate) async fn poll_traced(
+        &mut self,
+    ) -> Result<(P::Event, Option<Delivery>), P::ConnectionError> {
+        let result = self.advance().await;
+        let delivery = self.delivery.take();
+        result.map(|event| (event, delivery))
+    }
+
+    /// One poll of rumqttc's event loop and what it means for the telemetry; the `Delivery` of
+    /// an incoming PUBLISH is left in `self.delivery`. The event is handled where it lies, so
+    /// that it is not copied about (rumqttc's events are several hundred bytes).
     ///
     /// A new connection is detected from its CONNACK. rumqttc 3.1.1 returns the CONNACK from
     /// the poll that connects; rumqttc 5 queues it behind events left from the previous
     /// connection, so it is looked for in the event queue too (the newest one there is this
     /// connection's).
-    pub(crate) async fn poll_traced(
-        &mut self,
-    ) -> Result<(P::Event, Option<Delivery>), P::ConnectionError> {
+    async fn advance(&mut self) -> Result<P::Event, P::ConnectionError> {
         let connecting = !self.connection.is_connected();
         if connecting
             && let Some(backoff) = &self.backoff
@@ -103,7 +117,7 @@ impl<P: Protocol> EventLoop<P> {
             self.backoff_until = None;
         }
         let attempt = self.recovery.before_poll(&mut self.inner, connecting);
-        let result = P::poll(&mut self.inner).await;
+        let mut result = P::poll(&mut self.inner).await;
         let telemetry = &self.core.telemetry;
         let gauges = &telemetry.gauges;
         gauges
@@ -112,26 +126,26 @@ impl<P: Protocol> EventLoop<P> {
         gauges
             .pending
             .store(P::pending(&mut self.inner).len() as u64, Ordering::Relaxed);
-        let mut event = match result {
+        let event = match &mut result {
             Ok(event) => event,
             Err(error) => {
                 self.publishes.after_poll(telemetry, true);
                 self.recovery.after_error(&mut self.inner, attempt);
-                self.connection.on_error(telemetry, P::error_type(&error));
+                self.connection.on_error(telemetry, P::error_type(error));
                 self.publishes.on_connection_lost(
                     telemetry,
                     P::queued_events(&self.inner)
                         .iter()
                         .filter_map(|queued| P::event(queued).signal()),
                 );
-                return Err(error);
+                return result;
             }
         };
         if let Some(attempt) = attempt
             && let Some((session_present, receive_maximum)) = P::queued_events(&self.inner)
                 .iter()
                 .rev()
-                .chain(std::iter::once(&event))
+                .chain(std::iter::once(&*event))
                 .find_map(|queued| match P::event(queued) {
                     EventView::ConnAck {
                         session_present,
@@ -152,7 +166,7 @@ impl<P: Protocol> EventLoop<P> {
             );
         }
         let (incoming, signal, keep_alive) = {
-            let view = P::event(&event);
+            let view = P::event(event);
             let keep_alive = match &view {
                 EventView::PingResp => {
                     self.connection.on_pingresp(telemetry);
@@ -174,12 +188,11 @@ impl<P: Protocol> EventLoop<P> {
             self.publishes.on_signal(telemetry, signal);
         }
         self.publishes.after_poll(telemetry, keep_alive);
-        let delivery = if incoming {
-            P::incoming_publish(&mut event).map(|publish| P::receive(telemetry, publish))
-        } else {
-            None
-        };
-        Ok((event, delivery))
+        if incoming {
+            self.delivery =
+                P::incoming_publish(event).map(|publish| P::receive(telemetry, publish));
+        }
+        result
     }
 }
 
