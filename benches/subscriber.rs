@@ -27,7 +27,7 @@
 //! ```
 //!
 //! Knobs (environment variables): `SUBSCRIBER_N` (2000), `SUBSCRIBER_TOPICS` (50),
-//! `SUBSCRIBER_HANDLER_US` (2000), `SUBSCRIBER_PAYLOAD` (64), `SUBSCRIBER_RUNS` (3),
+//! `SUBSCRIBER_HANDLER_US` (2000; 0: the handler only yields), `SUBSCRIBER_PAYLOAD` (64), `SUBSCRIBER_RUNS` (3),
 //! `SUBSCRIBER_CONCURRENCY` (`1,16,64`), `SUBSCRIBER_PLAIN` (1: include `plain`),
 //! `SUBSCRIBER_TIMEOUT_S` (60: a run fails when it takes longer). Run by `cargo test
 //! --all-targets` (no `--bench` argument), it does a smoke run with 100 messages.
@@ -109,7 +109,12 @@ impl Tally {
     async fn handle(&self, payload: &[u8], pause: Duration) {
         let active = self.active.fetch_add(1, Ordering::AcqRel) + 1;
         self.max_active.fetch_max(active, Ordering::AcqRel);
-        tokio::time::sleep(pause).await;
+        if pause.is_zero() {
+            // `sleep(0)` would still wait for the timer's next tick (1 ms).
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(pause).await;
+        }
         // Recorded before the run counts as ended, so the order seen is the order of starts
         // within a topic whenever runs of a topic do not overlap.
         if let Some((topic, seq)) = parse(payload)
