@@ -4,12 +4,11 @@
 //! acknowledgements, in arrival order.
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::fmt::Display;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-
-use std::collections::HashMap;
 
 use opentelemetry::Context;
 use opentelemetry::trace::{FutureExt as _, TraceContextExt as _};
