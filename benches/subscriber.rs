@@ -14,11 +14,13 @@
 //!   default), acknowledgements after the handler in arrival order, recording spans (the SDK's
 //!   batch processor into an exporter that drops them) and metrics. It announces a Receive
 //!   Maximum of `n + queue_capacity` (1024), so the broker's in-flight window is not what limits
-//!   it.
+//!   it. With per-topic order at most one run per topic is in flight: 50 topics cap `c64` at 50
+//!   runs.
+//! - `c64u`: the same with `unordered()`, which lifts that cap.
 //!
 //! Every run checks that each handler ran exactly once per message, and reports whether the
-//! messages of each topic were handled in publish order (the traced variants must keep it; a
-//! run that does not fails) and how many handlers ran at once at most. The table shows the median
+//! messages of each topic were handled in publish order (the ordered traced variants must keep
+//! it; a run that does not fails) and how many handlers ran at once at most. The table shows the median
 //! rate per variant and its ratio to `plain`'s median of the same run: the machine is shared, so
 //! only ratios are comparable between runs.
 //!
@@ -28,7 +30,7 @@
 //!
 //! Knobs (environment variables): `SUBSCRIBER_N` (2000), `SUBSCRIBER_TOPICS` (50),
 //! `SUBSCRIBER_HANDLER_US` (2000; 0: the handler only yields), `SUBSCRIBER_PAYLOAD` (64), `SUBSCRIBER_RUNS` (3),
-//! `SUBSCRIBER_CONCURRENCY` (`1,16,64`), `SUBSCRIBER_PLAIN` (1: include `plain`),
+//! `SUBSCRIBER_CONCURRENCY` (`1,16,64,64u`: `u` for unordered), `SUBSCRIBER_PLAIN` (1: include `plain`),
 //! `SUBSCRIBER_TIMEOUT_S` (60: a run fails when it takes longer). Run by `cargo test
 //! --all-targets` (no `--bench` argument), it does a smoke run with 100 messages.
 
@@ -63,21 +65,26 @@ struct Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Variant {
     Plain,
-    Traced(usize),
+    /// Concurrency, and whether per-topic order is kept.
+    Traced(usize, bool),
 }
 
 impl Variant {
     fn key(self) -> String {
         match self {
             Variant::Plain => "plain".to_owned(),
-            Variant::Traced(n) => format!("c{n}"),
+            Variant::Traced(n, true) => format!("c{n}"),
+            Variant::Traced(n, false) => format!("c{n}u"),
         }
     }
 
     fn describe(self) -> String {
         match self {
             Variant::Plain => "plain rumqttc, a task per message".to_owned(),
-            Variant::Traced(n) => format!("TracedSubscriber, concurrency({n})"),
+            Variant::Traced(n, true) => format!("TracedSubscriber, concurrency({n})"),
+            Variant::Traced(n, false) => {
+                format!("TracedSubscriber, concurrency({n}).unordered()")
+            }
         }
     }
 }
@@ -213,28 +220,34 @@ impl Subscriber {
                 });
                 Ok(Subscriber::Plain { client, task })
             }
-            Variant::Traced(concurrency) => {
+            Variant::Traced(concurrency, ordered) => {
                 let telemetry = Telemetry::new(true);
                 let instrumentation = Instrumentation::builder()
                     .tracer_provider(&telemetry.tracer_provider)
                     .meter_provider(&telemetry.meter_provider)
                     .build();
                 let tally = Arc::clone(tally);
-                let subscriber = TracedSubscriber::builder_with_instrumentation(
+                let builder = TracedSubscriber::builder_with_instrumentation(
                     options(config, "traced-sub"),
                     100,
                     instrumentation,
                 )
-                .concurrency(concurrency)
-                .route(filter, QoS::AtLeastOnce, move |message: Message| {
-                    let tally = Arc::clone(&tally);
-                    async move {
-                        tally.handle(message.payload(), pause).await;
-                        Ok::<(), std::io::Error>(())
-                    }
-                })
-                .map_err(|error| error.to_string())?
-                .start();
+                .concurrency(concurrency);
+                let builder = if ordered {
+                    builder
+                } else {
+                    builder.unordered()
+                };
+                let subscriber = builder
+                    .route(filter, QoS::AtLeastOnce, move |message: Message| {
+                        let tally = Arc::clone(&tally);
+                        async move {
+                            tally.handle(message.payload(), pause).await;
+                            Ok::<(), std::io::Error>(())
+                        }
+                    })
+                    .map_err(|error| error.to_string())?
+                    .start();
                 subscriber
                     .subscribed()
                     .await
@@ -309,7 +322,7 @@ async fn run_once(config: &Config, variant: Variant) -> Result<Outcome, String> 
     if not_once > 0 {
         return Err(format!("{not_once} messages not handled exactly once"));
     }
-    if inversions > 0 && variant != Variant::Plain {
+    if inversions > 0 && matches!(variant, Variant::Traced(_, true)) {
         return Err(format!("per-topic order broken {inversions} times"));
     }
     Ok(Outcome {
@@ -338,11 +351,15 @@ fn main() {
     if env_usize("SUBSCRIBER_PLAIN", 1) == 1 {
         variants.push(Variant::Plain);
     }
-    for level in env_list("SUBSCRIBER_CONCURRENCY", &["1", "16", "64"]) {
-        let level: usize = level
+    for level in env_list("SUBSCRIBER_CONCURRENCY", &["1", "16", "64", "64u"]) {
+        let (number, ordered) = match level.strip_suffix('u') {
+            Some(number) => (number, false),
+            None => (level.as_str(), true),
+        };
+        let number: usize = number
             .parse()
-            .unwrap_or_else(|_| panic!("SUBSCRIBER_CONCURRENCY: {level:?} is not a number"));
-        variants.push(Variant::Traced(level));
+            .unwrap_or_else(|_| panic!("SUBSCRIBER_CONCURRENCY: {level:?} is not N or Nu"));
+        variants.push(Variant::Traced(number, ordered));
     }
     let broker = Broker::start(&["max_queued_messages 0"]);
     let config = Config {
