@@ -106,6 +106,7 @@ impl SubscriberBuilder {
     /// are never shed: the broker's in-flight window bounds them, as they are
     /// acknowledged only after their handlers ran (see "Flow control" on
     /// [`TracedSubscriber`]).
+    ///
     /// MQTT 3.1.1 has no way to announce that bound: the broker's own in-flight limit
     /// decides how many QoS 1 and 2 messages wait here (mosquitto `max_inflight_messages`,
     /// 20 by default; `0` lifts it, and then nothing bounds what the subscriber holds).

@@ -104,6 +104,7 @@ impl SubscriberBuilder {
     /// are never shed: the broker's in-flight window bounds them, as they are
     /// acknowledged only after their handlers ran (see "Flow control" on
     /// [`TracedSubscriber`]).
+    ///
     /// MQTT 5 announces that bound: the subscriber's CONNECT carries a Receive Maximum of
     /// `concurrency + queue_capacity` (at most 65,535) unless the options already set one
     /// (`MqttOptions::set_receive_maximum`), so the broker never has more QoS 1 and 2
