@@ -1,6 +1,7 @@
 //! A data collector: subscribes the readings and stores each in SQLite, inside an
 //! `INSERT readings` database span (semconv `db.*` attributes) that is a child of the message's
-//! `process` span. A message that is not a reading fails its handler (the `process` span ends as
+//! `process` span. Up to `--concurrency` readings are handled at once; their inserts go to one
+//! writer thread that commits those waiting together. A message that is not a reading fails its handler (the `process` span ends as
 //! an error and is counted), is not stored, and the collector goes on.
 //!
 //! ```text
@@ -32,6 +33,8 @@ usage: collector [options]
   --topic FILTER            what to store (default home/+/temperature; behind the gateway:
                             cloud/+/telemetry)
   --db PATH                 SQLite database file (default readings.db; :memory: for none)
+  --concurrency N           readings handled at the same time (default 16); raise it when
+                            inserts wait on a slow disk, 1 stores them strictly in turn
   --connect-timeout DUR     give up when the broker does not answer (default 5s)
   --exporter stdout|otlp|none
                             where spans and metrics go (default stdout, or otlp when
@@ -45,12 +48,21 @@ fn main() -> ExitCode {
 
 async fn run(args: Vec<String>) -> Result<(), Failure> {
     let mut flags = CONNECTION_FLAGS.to_vec();
-    flags.extend([value("topic"), value("db"), value("exporter")]);
+    flags.extend([
+        value("topic"),
+        value("db"),
+        value("concurrency"),
+        value("exporter"),
+    ]);
     let args = Args::parse(&flags, &args)?;
     let config = CollectorConfig {
         connection: cli::connection(&args, "data-collector")?,
         filter: args.get("topic").unwrap_or("home/+/temperature").to_owned(),
         db: args.get("db").unwrap_or("readings.db").to_owned(),
+        concurrency: usize::try_from(
+            args.count("concurrency", collector::DEFAULT_CONCURRENCY as u64)?,
+        )
+        .unwrap_or(usize::MAX),
     };
     rumqttc_opentelemetry::topic::validate_topic_filter(&config.filter)
         .map_err(|error| cli::usage(format!("`--topic`: {error}")))?;

@@ -147,6 +147,7 @@ async fn run(args: Vec<String>) -> Result<(), Failure> {
             connection: connection("collector"),
             filter: gateway::CLOUD_TEMPLATE.to_owned(),
             db: db.clone(),
+            concurrency: collector::DEFAULT_CONCURRENCY,
         };
         let collector = collector::start(
             &collector_config,
@@ -177,7 +178,7 @@ async fn run(args: Vec<String>) -> Result<(), Failure> {
         .await?;
         let delivered = collector.wait_stored(acknowledged, DELIVERY_TIMEOUT).await;
         gateway.shutdown().await;
-        let rows = collector.rows()?;
+        let rows = collector.rows().await?;
         collector.shutdown().await;
         Ok::<_, common::BoxError>((acknowledged, delivered, rows))
     }

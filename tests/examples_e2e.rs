@@ -114,6 +114,35 @@ impl Drop for TempDb {
     }
 }
 
+/// A collector of `home/+/temperature` over MQTT 5 into `db`, started and subscribed.
+async fn readings_collector(
+    broker: &Broker,
+    services: &Services,
+    db: &TempDb,
+) -> collector::Collector {
+    let config = CollectorConfig {
+        connection: connection(broker, "collector", Version::V5),
+        filter: "home/+/temperature".to_owned(),
+        db: db.path(),
+        concurrency: collector::DEFAULT_CONCURRENCY,
+    };
+    collector::start(
+        &config,
+        collector::instrumentation(&config, services.collector.instrumentation()),
+        &services.collector,
+    )
+    .await
+    .unwrap()
+}
+
+/// The spans of the trace `trace_id` (hex).
+fn in_trace<'a>(spans: &'a [RecordedSpan], trace_id: &str) -> Vec<&'a RecordedSpan> {
+    spans
+        .iter()
+        .filter(|s| s.span.span_context.trace_id().to_string() == trace_id)
+        .collect()
+}
+
 /// The one span of `trace` recorded by `service` with this kind and name.
 fn one<'a>(
     spans: &'a [&'a RecordedSpan],
@@ -157,6 +186,7 @@ async fn three_hops(version: Version, readings: u64) {
         connection: connection(&broker, "collector", version),
         filter: gateway::CLOUD_TEMPLATE.to_owned(),
         db: db.path(),
+        concurrency: collector::DEFAULT_CONCURRENCY,
     };
     let collector = collector::start(
         &collector_config,
@@ -195,7 +225,7 @@ async fn three_hops(version: Version, readings: u64) {
         collector.stored()
     );
     gateway.shutdown().await;
-    let rows = collector.rows().unwrap();
+    let rows = collector.rows().await.unwrap();
     collector.shutdown().await;
     services.shutdown();
 
@@ -212,10 +242,7 @@ async fn three_hops(version: Version, readings: u64) {
 
     let spans = services.recorder.spans();
     for row in &rows {
-        let trace_spans: Vec<&RecordedSpan> = spans
-            .iter()
-            .filter(|s| s.span.span_context.trace_id().to_string() == row.trace_id)
-            .collect();
+        let trace_spans = in_trace(&spans, &row.trace_id);
         let publish = one(
             &trace_spans,
             "temperature-sensor",
@@ -336,6 +363,78 @@ async fn mqtt3_envelope_every_reading_is_stored_with_one_trace_across_three_hops
     three_hops(Version::V4 { envelope: true }, 5).await;
 }
 
+/// Readings of many sensors at once: the collector handles them concurrently, the writer thread
+/// commits them in shared transactions, and each is stored once, its `INSERT readings` span a
+/// child of its own `process` span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_readings_of_many_sensors_are_each_stored_once_under_their_own_span() {
+    const SENSORS: u64 = 20;
+    const PER_SENSOR: u64 = 10;
+    let broker = Broker::start();
+    let services = Services::new();
+    let db = TempDb::new("concurrent");
+    let collector = readings_collector(&broker, &services, &db).await;
+    let sensors = connection(&broker, "sensors", Version::V5);
+    let publisher = Publisher::start(&sensors, services.sensor.instrumentation().build(), None);
+    publisher.connected(&sensors).await.unwrap();
+    // All at once, so that the collector has many readings in hand.
+    let mut published = tokio::task::JoinSet::new();
+    for n in 0..PER_SENSOR {
+        for sensor in 0..SENSORS {
+            let publisher = publisher.clone();
+            published.spawn(async move {
+                let body = sensor::reading(&format!("s{sensor}"), n).to_string();
+                publisher
+                    .publish_confirmed(format!("home/room{sensor}/temperature"), false, body)
+                    .await
+            });
+        }
+    }
+    while let Some(outcome) = published.join_next().await {
+        outcome.unwrap().unwrap();
+    }
+    let readings = SENSORS * PER_SENSOR;
+    assert!(
+        collector.wait_stored(readings, WAIT).await,
+        "{} of {readings} readings stored",
+        collector.stored()
+    );
+    let rows = collector.rows().await.unwrap();
+    collector.shutdown().await;
+    publisher.shutdown().await;
+    services.shutdown();
+    assert_eq!(db.count(), readings as i64);
+    let traces: HashSet<&str> = rows.iter().map(|row| row.trace_id.as_str()).collect();
+    assert_eq!(
+        traces.len() as u64,
+        readings,
+        "each reading once, in its own trace"
+    );
+
+    let spans = services.recorder.spans();
+    for row in &rows {
+        let trace_spans = in_trace(&spans, &row.trace_id);
+        let process = one(
+            &trace_spans,
+            "collector",
+            SpanKind::Consumer,
+            "process home/+/temperature",
+        );
+        let insert = one(
+            &trace_spans,
+            "collector",
+            SpanKind::Client,
+            "INSERT readings",
+        );
+        assert_eq!(insert.span.parent_span_id, span_id(process));
+        assert_eq!(insert.span.status, Status::Unset);
+        assert!(
+            insert.span.end_time <= process.span.end_time,
+            "stored before acknowledged"
+        );
+    }
+}
+
 /// A message that is not a reading fails its handler (an error `process` span, counted as
 /// rejected), nothing is stored, and the next reading is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -343,18 +442,7 @@ async fn malformed_message_is_a_handler_error_and_the_collector_goes_on() {
     let broker = Broker::start();
     let services = Services::new();
     let db = TempDb::new("malformed");
-    let config = CollectorConfig {
-        connection: connection(&broker, "collector", Version::V5),
-        filter: "home/+/temperature".to_owned(),
-        db: db.path(),
-    };
-    let collector = collector::start(
-        &config,
-        collector::instrumentation(&config, services.collector.instrumentation()),
-        &services.collector,
-    )
-    .await
-    .unwrap();
+    let collector = readings_collector(&broker, &services, &db).await;
 
     // mosquitto_pub: an independent, uninstrumented publisher.
     for payload in ["{not json", r#"{"sensor_id":"s1"}"#] {
@@ -392,7 +480,7 @@ async fn malformed_message_is_a_handler_error_and_the_collector_goes_on() {
         "the good reading is stored"
     );
     assert_eq!(collector.rejected(), 2);
-    let rows = collector.rows().unwrap();
+    let rows = collector.rows().await.unwrap();
     collector.shutdown().await;
     services.shutdown();
     assert_eq!(rows.len(), 1);
@@ -543,6 +631,7 @@ async fn unreachable_broker_is_an_error_within_the_connect_timeout() {
         },
         filter: "home/+/temperature".to_owned(),
         db: ":memory:".to_owned(),
+        concurrency: collector::DEFAULT_CONCURRENCY,
     };
     let started = Instant::now();
     let error = collector::start(

@@ -12,10 +12,18 @@
 //! `timestamp`) fails its handler: its `process` span ends as an error, it is counted
 //! (`collector.readings{outcome=rejected}` and `messaging.process.duration` with `error.type`),
 //! nothing is stored, and the collector goes on with the next message.
+//!
+//! Handlers run concurrently (`SubscriberBuilder::concurrency`, [`DEFAULT_CONCURRENCY`] by
+//! default, `--concurrency` on the command line): while one waits for its insert, the others
+//! parse and queue theirs. SQLite takes one writer at a time and rusqlite blocks, so the inserts
+//! go to one writer thread that owns the connection; it commits every insert waiting at that
+//! moment in one transaction (group commit, at most [`MAX_BATCH`] rows), and each handler returns
+//! only once its row is committed, so a reading is acknowledged only once stored. The more
+//! handlers wait, the more rows share one commit.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use opentelemetry::metrics::{Counter, Histogram};
@@ -25,7 +33,7 @@ use opentelemetry_sdk::trace::SdkTracer;
 use opentelemetry_semantic_conventions::attribute as semconv;
 use rumqttc_opentelemetry::Instrumentation;
 use serde_json::Value;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use super::Result;
 use super::mqtt::{Connection, Handler, HandlerError, Incoming, Subscriber};
@@ -49,6 +57,12 @@ const CREATE: &str = "CREATE TABLE IF NOT EXISTS readings (
     stored_at_ms INTEGER NOT NULL
 )";
 
+/// How many readings the collector handles at the same time by default.
+pub const DEFAULT_CONCURRENCY: usize = 16;
+
+/// The most inserts the writer commits in one transaction.
+pub const MAX_BATCH: usize = 64;
+
 /// Semconv's bucket boundaries for `db.client.operation.duration` (seconds).
 const DB_DURATION_BUCKETS: [f64; 9] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
 
@@ -61,6 +75,8 @@ pub struct CollectorConfig {
     pub filter: String,
     /// The SQLite database file (`:memory:` for a database that lives as long as the process).
     pub db: String,
+    /// How many readings are handled at the same time (at least 1).
+    pub concurrency: usize,
 }
 
 /// The instrumentation of the collector: the version's propagation (the envelope is always
@@ -130,17 +146,30 @@ pub fn parse_reading(topic: &str, payload: &[u8]) -> Result<Row, MalformedReadin
     })
 }
 
-/// The database and the counters of a running collector.
-struct Store {
-    db: Mutex<rusqlite::Connection>,
-    stored: watch::Sender<u64>,
-    rejected: AtomicU64,
-    tracer: SdkTracer,
-    duration: Histogram<f64>,
-    readings: Counter<u64>,
+/// A row to store inside a database span, child of `parent` (the `process` span); `done` is
+/// answered once the row is committed (or failed).
+struct Insert {
+    row: Row,
+    parent: Context,
+    done: oneshot::Sender<Result<(), HandlerError>>,
 }
 
-impl Store {
+/// What a handler asks of the database writer.
+enum Request {
+    Insert(Insert),
+    /// Every row of the table, oldest first.
+    Rows(oneshot::Sender<Result<Vec<Row>, String>>),
+}
+
+/// The one thread that writes to SQLite: it owns the connection and serves requests in the
+/// order they come, committing the inserts waiting at the same time in one transaction.
+struct Writer {
+    db: rusqlite::Connection,
+    tracer: SdkTracer,
+    duration: Histogram<f64>,
+}
+
+impl Writer {
     fn open(path: &str, service: &super::telemetry::Service) -> Result<Self> {
         let db = if path == ":memory:" {
             rusqlite::Connection::open_in_memory()?
@@ -153,80 +182,174 @@ impl Store {
         db.execute(CREATE, [])?;
         use opentelemetry::metrics::MeterProvider as _;
         use opentelemetry::trace::TracerProvider as _;
-        let meter = service.meter_provider.meter("collector");
         Ok(Self {
-            db: Mutex::new(db),
-            stored: watch::Sender::new(0),
-            rejected: AtomicU64::new(0),
+            db,
             tracer: service.tracer_provider.tracer("collector"),
-            duration: meter
+            duration: service
+                .meter_provider
+                .meter("collector")
                 .f64_histogram("db.client.operation.duration")
                 .with_unit("s")
                 .with_description("Duration of database client operations.")
                 .with_boundaries(DB_DURATION_BUCKETS.to_vec())
                 .build(),
-            readings: meter
+        })
+    }
+
+    /// Serves requests until every sender is gone.
+    fn run(mut self, requests: mpsc::Receiver<Request>) {
+        while let Ok(first) = requests.recv() {
+            let mut inserts = Vec::new();
+            let mut queries = Vec::new();
+            let mut next = Some(first);
+            while let Some(request) = next {
+                match request {
+                    Request::Insert(insert) => inserts.push(insert),
+                    Request::Rows(reply) => queries.push(reply),
+                }
+                next = (inserts.len() < MAX_BATCH)
+                    .then(|| requests.try_recv().ok())
+                    .flatten();
+            }
+            self.commit(inserts);
+            for reply in queries {
+                let _ = reply.send(self.rows().map_err(|error| error.to_string()));
+            }
+        }
+    }
+
+    /// Inserts the rows in one transaction and tells each handler how its row went.
+    fn commit(&mut self, inserts: Vec<Insert>) {
+        if inserts.is_empty() {
+            return;
+        }
+        let (tracer, duration) = (&self.tracer, &self.duration);
+        let outcome = self.db.transaction().and_then(|transaction| {
+            let outcomes: Vec<Result<(), HandlerError>> = inserts
+                .iter()
+                .map(|request| insert(&transaction, tracer, duration, request))
+                .collect();
+            transaction.commit().map(|()| outcomes)
+        });
+        match outcome {
+            Ok(outcomes) => {
+                for (request, outcome) in inserts.into_iter().zip(outcomes) {
+                    let _ = request.done.send(outcome);
+                }
+            }
+            Err(error) => {
+                for request in inserts {
+                    let failure = HandlerError(format!("commit failed: {error}"));
+                    let _ = request.done.send(Err(failure));
+                }
+            }
+        }
+    }
+
+    fn rows(&self) -> rusqlite::Result<Vec<Row>> {
+        let mut statement = self.db.prepare(
+            "SELECT sensor_id, room, temperature, humidity, timestamp, topic, trace_id \
+             FROM readings ORDER BY id",
+        )?;
+        statement
+            .query_map([], |row| {
+                Ok(Row {
+                    sensor_id: row.get(0)?,
+                    room: row.get(1)?,
+                    temperature: row.get(2)?,
+                    humidity: row.get(3)?,
+                    timestamp: row.get(4)?,
+                    topic: row.get(5)?,
+                    trace_id: row.get(6)?,
+                })
+            })?
+            .collect()
+    }
+}
+
+/// Inserts the request's row inside a database span, child of its `process` span.
+fn insert(
+    db: &rusqlite::Connection,
+    tracer: &SdkTracer,
+    duration: &Histogram<f64>,
+    Insert { row, parent, .. }: &Insert,
+) -> Result<(), HandlerError> {
+    let attributes = vec![
+        KeyValue::new(semconv::DB_SYSTEM_NAME, "sqlite"),
+        KeyValue::new(semconv::DB_OPERATION_NAME, "INSERT"),
+        KeyValue::new(semconv::DB_COLLECTION_NAME, TABLE),
+    ];
+    let mut span = tracer
+        .span_builder(format!("INSERT {TABLE}"))
+        .with_kind(SpanKind::Client)
+        .with_attributes(
+            attributes
+                .iter()
+                .cloned()
+                .chain([
+                    KeyValue::new(semconv::DB_QUERY_SUMMARY, format!("INSERT {TABLE}")),
+                    KeyValue::new(semconv::DB_QUERY_TEXT, INSERT),
+                ])
+                .collect::<Vec<_>>(),
+        )
+        .start_with_context(tracer, parent);
+    let started = Instant::now();
+    let outcome = db
+        .prepare_cached(INSERT)
+        .and_then(|mut statement| {
+            statement.execute(rusqlite::params![
+                row.sensor_id,
+                row.room,
+                row.temperature,
+                row.humidity,
+                row.timestamp,
+                row.topic,
+                row.trace_id,
+                super::unix_millis(),
+            ])
+        })
+        .map_err(|error| HandlerError(format!("insert failed: {error}")));
+    let mut metric_attributes = attributes;
+    if let Err(error) = &outcome {
+        let error_type = "sqlite_error";
+        span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, error_type));
+        span.set_status(Status::error(error.to_string()));
+        metric_attributes.push(KeyValue::new(semconv::ERROR_TYPE, error_type));
+    }
+    duration.record(started.elapsed().as_secs_f64(), &metric_attributes);
+    span.end();
+    outcome.map(|_| ())
+}
+
+/// The writer's queue and the counters of a running collector.
+struct Store {
+    writer: mpsc::Sender<Request>,
+    stored: watch::Sender<u64>,
+    rejected: AtomicU64,
+    readings: Counter<u64>,
+}
+
+impl Store {
+    /// Opens the database and starts the writer thread (it ends when the store is dropped).
+    fn open(path: &str, service: &super::telemetry::Service) -> Result<Self> {
+        let writer = Writer::open(path, service)?;
+        let (requests, queue) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("sqlite-writer".to_owned())
+            .spawn(move || writer.run(queue))?;
+        use opentelemetry::metrics::MeterProvider as _;
+        Ok(Self {
+            writer: requests,
+            stored: watch::Sender::new(0),
+            rejected: AtomicU64::new(0),
+            readings: service
+                .meter_provider
+                .meter("collector")
                 .u64_counter("collector.readings")
                 .with_unit("{reading}")
                 .with_description("Messages the collector handled, by outcome (stored, rejected).")
                 .build(),
         })
-    }
-
-    /// Inserts `row` inside a database span, child of `parent` (the `process` span).
-    fn insert(&self, parent: &Context, row: &Row) -> Result<(), HandlerError> {
-        let attributes = vec![
-            KeyValue::new(semconv::DB_SYSTEM_NAME, "sqlite"),
-            KeyValue::new(semconv::DB_OPERATION_NAME, "INSERT"),
-            KeyValue::new(semconv::DB_COLLECTION_NAME, TABLE),
-        ];
-        let mut span = self
-            .tracer
-            .span_builder(format!("INSERT {TABLE}"))
-            .with_kind(SpanKind::Client)
-            .with_attributes(
-                attributes
-                    .iter()
-                    .cloned()
-                    .chain([
-                        KeyValue::new(semconv::DB_QUERY_SUMMARY, format!("INSERT {TABLE}")),
-                        KeyValue::new(semconv::DB_QUERY_TEXT, INSERT),
-                    ])
-                    .collect::<Vec<_>>(),
-            )
-            .start_with_context(&self.tracer, parent);
-        let started = Instant::now();
-        let outcome = self
-            .db
-            .lock()
-            .map_err(|_| HandlerError("the database lock is poisoned".into()))
-            .and_then(|db| {
-                db.execute(
-                    INSERT,
-                    rusqlite::params![
-                        row.sensor_id,
-                        row.room,
-                        row.temperature,
-                        row.humidity,
-                        row.timestamp,
-                        row.topic,
-                        row.trace_id,
-                        super::unix_millis(),
-                    ],
-                )
-                .map_err(|error| HandlerError(format!("insert failed: {error}")))
-            });
-        let mut metric_attributes = attributes;
-        if let Err(error) = &outcome {
-            let error_type = "sqlite_error";
-            span.set_attribute(KeyValue::new(semconv::ERROR_TYPE, error_type));
-            span.set_status(Status::error(error.to_string()));
-            metric_attributes.push(KeyValue::new(semconv::ERROR_TYPE, error_type));
-        }
-        self.duration
-            .record(started.elapsed().as_secs_f64(), &metric_attributes);
-        span.end();
-        outcome.map(|_| ())
     }
 
     fn reject(&self, reason: &MalformedReading) {
@@ -236,7 +359,8 @@ impl Store {
         tracing::warn!(%reason, "message rejected");
     }
 
-    fn handle(&self, message: &Incoming, cx: &Context) -> Result<(), HandlerError> {
+    /// Parses the reading and waits until the writer has committed it.
+    async fn handle(&self, message: Incoming, cx: Context) -> Result<(), HandlerError> {
         let mut row = match parse_reading(&message.topic, &message.payload) {
             Ok(row) => row,
             Err(reason) => {
@@ -248,15 +372,22 @@ impl Store {
             }
         };
         row.trace_id = cx.span().span_context().trace_id().to_string();
-        self.insert(cx, &row)?;
+        let (sensor, temperature, trace_id) =
+            (row.sensor_id.clone(), row.temperature, row.trace_id.clone());
+        let (done, committed) = oneshot::channel();
+        self.writer
+            .send(Request::Insert(Insert {
+                row,
+                parent: cx,
+                done,
+            }))
+            .map_err(|_| HandlerError("the database writer has stopped".into()))?;
+        committed
+            .await
+            .map_err(|_| HandlerError("the database writer has stopped".into()))??;
         self.readings.add(1, &[KeyValue::new("outcome", "stored")]);
         self.stored.send_modify(|stored| *stored += 1);
-        tracing::info!(
-            sensor = %row.sensor_id,
-            temperature = row.temperature,
-            trace_id = %row.trace_id,
-            "stored"
-        );
+        tracing::info!(sensor = %sensor, temperature, trace_id = %trace_id, "stored");
         Ok(())
     }
 }
@@ -264,14 +395,9 @@ impl Store {
 fn handler(store: Arc<Store>) -> Handler {
     Arc::new(move |message: Incoming| {
         let store = store.clone();
-        // The handler runs with its `process` span current.
+        // The handler runs with its `process` span current: the insert's span is its child.
         let cx = Context::current();
-        Box::pin(async move {
-            // SQLite blocks: run it off the async worker threads.
-            tokio::task::spawn_blocking(move || store.handle(&message, &cx))
-                .await
-                .map_err(super::mqtt::handler_error)?
-        })
+        Box::pin(async move { store.handle(message, cx).await })
     })
 }
 
@@ -309,31 +435,17 @@ impl Collector {
             .is_ok_and(|waited| waited.is_ok())
     }
 
-    /// Every row of the table, oldest first.
-    pub fn rows(&self) -> Result<Vec<Row>> {
-        let db = self
-            .store
-            .db
-            .lock()
-            .map_err(|_| "the database lock is poisoned")?;
-        let mut statement = db.prepare(
-            "SELECT sensor_id, room, temperature, humidity, timestamp, topic, trace_id \
-             FROM readings ORDER BY id",
-        )?;
-        let rows = statement
-            .query_map([], |row| {
-                Ok(Row {
-                    sensor_id: row.get(0)?,
-                    room: row.get(1)?,
-                    temperature: row.get(2)?,
-                    humidity: row.get(3)?,
-                    timestamp: row.get(4)?,
-                    topic: row.get(5)?,
-                    trace_id: row.get(6)?,
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+    /// Every row of the table, oldest first (read by the writer thread, after the inserts
+    /// queued before this call).
+    pub async fn rows(&self) -> Result<Vec<Row>> {
+        let (reply, rows) = oneshot::channel();
+        self.store
+            .writer
+            .send(Request::Rows(reply))
+            .map_err(|_| "the database writer has stopped")?;
+        Ok(rows
+            .await
+            .map_err(|_| "the database writer has stopped")??)
     }
 
     /// Processes what was received, disconnects.
@@ -354,6 +466,7 @@ pub async fn start(
         &config.connection,
         instrumentation,
         &config.filter,
+        config.concurrency,
         |_publisher| handler(store.clone()),
     )?;
     subscriber.ready(&config.connection).await?;
@@ -361,6 +474,7 @@ pub async fn start(
         broker = %config.connection.broker,
         filter = %config.filter,
         db = %config.db,
+        concurrency = config.concurrency,
         "collector subscribed ({})",
         config.connection.version
     );

@@ -118,6 +118,8 @@ pub async fn start(config: &GatewayConfig, instrumentation: Instrumentation) -> 
         &config.connection,
         instrumentation,
         &config.filter,
+        // One reading at a time: the forwarded messages keep the order they arrived in.
+        1,
         |upstream| handler(gateway_id, upstream),
     )?;
     subscriber.ready(&config.connection).await?;

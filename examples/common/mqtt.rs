@@ -305,12 +305,14 @@ pub enum Subscriber {
 }
 
 impl Subscriber {
-    /// Starts a subscriber of `filter` at QoS 1. `make_handler` gets a publisher on the same
-    /// connection (one client id, one connection: what a gateway forwards goes out on it).
+    /// Starts a subscriber of `filter` at QoS 1 that runs up to `concurrency` handlers at a
+    /// time (messages of one topic one after the other). `make_handler` gets a publisher on the
+    /// same connection (one client id, one connection: what a gateway forwards goes out on it).
     pub fn start(
         connection: &Connection,
         instrumentation: Instrumentation,
         filter: &str,
+        concurrency: usize,
         make_handler: impl FnOnce(Publisher) -> Handler,
     ) -> Result<Self> {
         Ok(match connection.version {
@@ -321,7 +323,7 @@ impl Subscriber {
                     instrumentation,
                 );
                 let handler = make_handler(Publisher::V5(builder.publisher()));
-                let builder = builder.route(
+                let builder = builder.concurrency(concurrency).route(
                     filter,
                     rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
                     move |message: v5::Message| {
@@ -341,7 +343,7 @@ impl Subscriber {
                     instrumentation,
                 );
                 let handler = make_handler(Publisher::V4(builder.publisher()));
-                let builder = builder.route(
+                let builder = builder.concurrency(concurrency).route(
                     filter,
                     rumqttc::QoS::AtLeastOnce,
                     move |message: v4::Message| {

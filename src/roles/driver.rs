@@ -10,7 +10,7 @@ use rumqttc::Outgoing;
 use tokio::sync::{mpsc, watch};
 
 use super::shared::Shared;
-use super::worker::{RouteTable, Work, shed};
+use super::worker::{QUEUE_FULL, RouteTable, SHUTTING_DOWN, Work, not_processed};
 use crate::core::{Client, Core, Delivery, EventLoop, EventView, Protocol};
 
 /// The first pause before reconnecting after a connection error (rumqttc itself reconnects on
@@ -132,6 +132,10 @@ async fn drive<P: Protocol>(
     drop(eventloop);
 }
 
+/// The status message of a message that arrived after the subscriber's `shutdown` began: it is
+/// neither processed nor acknowledged (a persistent session gets it again).
+const NOT_TAKEN: &str = "not processed: the subscriber is shutting down";
+
 /// The filters of one SUBSCRIBE packet, and its subscription identifier.
 type SubscribePacket<P> = (Vec<(String, <P as Protocol>::QoS)>, Option<usize>);
 
@@ -208,6 +212,12 @@ impl<P: Protocol> Dispatcher<P> {
     }
 
     /// Hands one incoming message to the worker (or records why it is not processed).
+    ///
+    /// Never waits: the poll loop must go on (keep-alive, acknowledgements, the publishes of
+    /// handlers). What the queue holds stays bounded all the same: QoS 0 messages beyond
+    /// `capacity` waiting ones are shed here, and QoS 1 and 2 messages are bounded by the
+    /// broker's in-flight window, because the worker acknowledges a message only once its
+    /// handlers ran (see `SubscriberBuilderCore::receive_window`).
     fn dispatch(&self, shared: &Shared, publish: P::Publish, delivery: Option<Delivery>) {
         let routes = {
             let view = P::view(&publish);
@@ -223,17 +233,25 @@ impl<P: Protocol> Dispatcher<P> {
                 && shared.queued.load(Ordering::Acquire) >= self.capacity
             {
                 // At most once: the handlers are this far behind, so this one is shed, visibly.
-                if let Some(delivery) = &delivery {
-                    for &index in &routes {
-                        if let Some(route) = self.table.get(index) {
-                            shed(&self.core, delivery, route, &view, self.capacity);
-                        }
-                    }
-                }
+                let message = format!(
+                    "not processed: {} messages were already waiting",
+                    self.capacity
+                );
+                self.not_processed(&publish, delivery.as_ref(), &routes, QUEUE_FULL, &message);
                 return;
             }
             routes
         };
+        if shared.is_draining() {
+            self.not_processed(
+                &publish,
+                delivery.as_ref(),
+                &routes,
+                SHUTTING_DOWN,
+                &NOT_TAKEN,
+            );
+            return;
+        }
         shared.queued.fetch_add(1, Ordering::AcqRel);
         let work = Work {
             publish,
@@ -241,10 +259,34 @@ impl<P: Protocol> Dispatcher<P> {
             routes,
             epoch: shared.epoch(),
         };
-        if self.queue.send(work).is_err() {
-            // The worker is gone (the subscriber was dropped or is shutting down): the message is
-            // neither processed nor acknowledged.
+        if let Err(mpsc::error::SendError(work)) = self.queue.send(work) {
+            // The worker is gone (the subscriber was dropped).
             shared.queued.fetch_sub(1, Ordering::AcqRel);
+            self.not_processed(
+                &work.publish,
+                work.delivery.as_ref(),
+                &work.routes,
+                SHUTTING_DOWN,
+                &NOT_TAKEN,
+            );
+        }
+    }
+
+    /// Records, for each route of a message, that it runs no handler.
+    fn not_processed(
+        &self,
+        publish: &P::Publish,
+        delivery: Option<&Delivery>,
+        routes: &[usize],
+        error_type: &'static str,
+        message: &dyn std::fmt::Display,
+    ) {
+        let Some(delivery) = delivery else { return };
+        let view = P::view(publish);
+        for &index in routes {
+            if let Some(route) = self.table.get(index) {
+                not_processed(&self.core, delivery, route, &view, error_type, message);
+            }
         }
     }
 }

@@ -5,12 +5,15 @@
 //! - `shared`: what the handles of one connection observe and control of its task.
 //! - `driver`: the task that polls a traced event loop (reconnecting with a pause) and the
 //!   dispatcher that hands incoming messages to the worker.
-//! - `worker`: the routes, and the task that runs handlers one message at a time inside
-//!   `process` spans, then acknowledges.
+//! - `worker`: the routes, and the task that runs the handlers of up to `concurrency` messages
+//!   at a time inside `process` spans, then acknowledges.
+//! - `schedule`: which waiting message may start next (per topic in arrival order, or any) and
+//!   which acknowledgements may go out (arrival order).
 //! - `publisher`, `subscriber`: the version-independent halves of the roles.
 
 mod driver;
 pub(crate) mod publisher;
+mod schedule;
 mod shared;
 pub(crate) mod subscriber;
 pub(crate) mod worker;
@@ -22,9 +25,11 @@ use std::time::Duration;
 ///
 /// The subscriber always turns rumqttc's manual acknowledgements on
 /// (`MqttOptions::set_manual_acks(true)`) and acknowledges each message itself, from the worker
-/// that runs the handlers, in the order the messages arrived (MQTT 3.1.1 and 5, section 4.6).
-/// Acknowledging only after the handler also gives flow control: the broker sends no more
-/// unacknowledged messages than its in-flight window, however slow the handlers are.
+/// that runs the handlers, in the order the messages arrived ([MQTT-4.6.0-2], [MQTT-4.6.0-3]),
+/// even when concurrent handlers finish in another order: a finished message's
+/// acknowledgement waits for every earlier one. Acknowledging only after the handler also gives
+/// flow control: the broker sends no more unacknowledged messages than its in-flight window,
+/// however slow the handlers are.
 ///
 /// A message is acknowledged on the connection it arrived on only: after a reconnect, the broker
 /// either sends it again (persistent session) or has forgotten it, and a packet id of the old
@@ -41,8 +46,10 @@ pub enum AckPolicy {
     /// `Ok`. A message whose handler failed or panicked stays unacknowledged; the broker delivers
     /// it again (with the DUP flag) when the session resumes on a new connection, which needs a
     /// persistent session (`clean_session(false)` for MQTT 3.1.1; `clean_start(false)` and a
-    /// session expiry interval for MQTT 5). Later messages are still acknowledged, so one
-    /// unacknowledged message takes one place of the broker's in-flight window until then.
+    /// session expiry interval for MQTT 5). Later messages are still acknowledged, in arrival
+    /// order, skipping the failed one as soon as it has failed, so one unacknowledged message
+    /// takes one place of the broker's in-flight window until then; when failed messages fill
+    /// the window, the broker sends no more QoS 1 or 2 messages until a reconnect.
     AfterSuccess,
 }
 

@@ -49,9 +49,11 @@ pub(crate) struct Shared {
     /// A clean shutdown is under way: the task ends at the next connection error instead of
     /// reconnecting.
     closing: AtomicBool,
+    /// The subscriber's `shutdown` began: messages arriving from now on run no handler.
+    draining: AtomicBool,
     /// CONNACKs so far: the connection a message arrived on.
     epoch: AtomicU64,
-    /// Messages handed to the worker and not yet taken by it.
+    /// Messages handed to the worker whose handlers have not started yet.
     pub(crate) queued: AtomicUsize,
 }
 
@@ -61,6 +63,7 @@ impl Shared {
             state: watch::Sender::new(State::default()),
             stop: watch::Sender::new(false),
             closing: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
             queued: AtomicUsize::new(0),
         })
@@ -116,6 +119,15 @@ impl Shared {
 
     pub(super) fn is_closing(&self) -> bool {
         self.closing.load(Ordering::Acquire)
+    }
+
+    /// The subscriber takes no new messages (its `shutdown` began).
+    pub(crate) fn begin_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub(super) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 
     /// Stops the task at once.

@@ -10,14 +10,17 @@ use std::fmt::Display;
 use super::AckPolicy;
 use super::driver::{self, Dispatcher};
 use super::publisher::PublisherCore;
+use super::schedule::Order;
 use super::shared::{DriverHandle, Shared};
-use super::worker::{Handler, HandlerFailure, Handlers, Incoming, RouteTable, work};
+use super::worker::{Handler, HandlerFailure, Handlers, Incoming, RouteTable, Settings, work};
 use crate::core::{Client, EventLoop, Protocol};
 use crate::error::Error;
 use crate::instrumentation::Instrumentation;
 
-/// The default bound on queued QoS 0 messages.
+/// The default bound on waiting messages.
 pub(crate) const DEFAULT_QUEUE_CAPACITY: usize = 1024;
+/// The default number of messages whose handlers run at the same time.
+pub(crate) const DEFAULT_CONCURRENCY: usize = 1;
 
 /// A subscriber being set up: the connection exists (not yet connected), the routes are being
 /// registered.
@@ -28,6 +31,8 @@ pub(crate) struct SubscriberBuilderCore<P: Protocol> {
     handlers: Handlers<P>,
     policy: AckPolicy,
     capacity: usize,
+    concurrency: usize,
+    order: Order,
 }
 
 impl<P: Protocol> std::fmt::Debug for SubscriberBuilderCore<P> {
@@ -44,6 +49,8 @@ impl<P: Protocol> std::fmt::Debug for SubscriberBuilderCore<P> {
             )
             .field("ack_policy", &self.policy)
             .field("queue_capacity", &self.capacity)
+            .field("concurrency", &self.concurrency)
+            .field("ordered_per_topic", &(self.order == Order::PerTopic))
             .finish_non_exhaustive()
     }
 }
@@ -68,6 +75,8 @@ impl<P: Protocol> SubscriberBuilderCore<P> {
             handlers: Vec::new(),
             policy: AckPolicy::default(),
             capacity: DEFAULT_QUEUE_CAPACITY,
+            concurrency: DEFAULT_CONCURRENCY,
+            order: Order::PerTopic,
         }
     }
 
@@ -113,6 +122,28 @@ impl<P: Protocol> SubscriberBuilderCore<P> {
         self
     }
 
+    pub(crate) fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    pub(crate) fn unordered(mut self) -> Self {
+        self.order = Order::Unordered;
+        self
+    }
+
+    /// How many QoS 1 and 2 messages the subscriber is ready to hold unacknowledged: the runs in
+    /// flight and the waiting messages (MQTT 5 announces it as its Receive Maximum, section
+    /// 3.1.2.11.3), at most 65,535.
+    pub(crate) fn receive_window(&self) -> u16 {
+        u16::try_from(self.concurrency.saturating_add(self.capacity)).unwrap_or(u16::MAX)
+    }
+
+    /// rumqttc's event loop, before the first connection (its options may still change).
+    pub(crate) fn eventloop_mut(&mut self) -> &mut P::EventLoop {
+        self.eventloop.inner_mut()
+    }
+
     pub(crate) fn matching_routes(&self, topic: &str) -> Vec<&str> {
         self.table.filters_for(topic)
     }
@@ -126,6 +157,8 @@ impl<P: Protocol> SubscriberBuilderCore<P> {
             handlers,
             policy,
             capacity,
+            concurrency,
+            order,
         } = self;
         let shared = Arc::clone(&publisher.driver.shared);
         let has_routes = !table.is_empty();
@@ -138,7 +171,11 @@ impl<P: Protocol> SubscriberBuilderCore<P> {
             Arc::clone(&table),
             handlers,
             publisher.client.clone(),
-            policy,
+            Settings {
+                policy,
+                concurrency,
+                order,
+            },
             Arc::clone(&shared),
         ));
         let dispatcher = Dispatcher {
@@ -182,7 +219,7 @@ impl<P: Protocol> std::fmt::Debug for SubscriberCore<P> {
 }
 
 impl<P: Protocol> SubscriberCore<P> {
-    /// Messages received and not yet taken by the worker.
+    /// Messages received whose handlers have not started yet.
     pub(crate) fn queued(&self) -> usize {
         self.publisher
             .shared()
@@ -221,9 +258,11 @@ impl<P: Protocol> SubscriberCore<P> {
         })
     }
 
-    /// Stops taking messages, lets the worker finish those already queued, then shuts the
-    /// connection down like the publisher does.
+    /// Stops taking messages, lets the worker run those already queued and finish every run
+    /// (acknowledging in arrival order), then shuts the connection down like the publisher does.
     pub(crate) async fn shutdown(mut self) {
+        // Before the first await: a message that arrives once `shutdown` was polled runs nothing.
+        self.publisher.shared().begin_draining();
         self.drain.send_replace(true);
         if let Some(worker) = self.worker.take() {
             // An error means the worker was cancelled: nothing left to wait for.

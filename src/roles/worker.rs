@@ -1,8 +1,10 @@
-//! The routes of a subscriber and the worker task that runs their handlers: one message at a
-//! time, in arrival order, each handler inside its `process` span and in a task of its own (so a
-//! panic is caught), then the acknowledgement.
+//! The routes of a subscriber and the worker task that runs their handlers: up to `concurrency`
+//! messages at a time (per topic in arrival order by default, see `super::schedule`), each
+//! handler inside its `process` span and in a task of its own (so a panic is caught), then the
+//! acknowledgements, in arrival order.
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::fmt::Display;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,11 +13,14 @@ use std::sync::atomic::Ordering;
 use opentelemetry::Context;
 use opentelemetry::trace::{FutureExt as _, TraceContextExt as _};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 
 use super::AckPolicy;
+use super::schedule::{AckQueue, Lane, Order, RunQueue, Ticket};
 use super::shared::Shared;
 use crate::core::{Client, Core, Delivery, MetricSlots, Processing, Protocol, PublishView};
 use crate::error::Error;
+use crate::semconv::MqttQoS;
 use crate::topic::TopicFilterSet;
 
 /// `error.type` of a handler that panicked.
@@ -24,6 +29,8 @@ pub(crate) const PANIC: &str = "panic";
 pub(crate) const QUEUE_FULL: &str = "queue_full";
 /// `error.type` of a handler run cancelled by the runtime (it is shutting down).
 pub(crate) const CANCELLED: &str = "cancelled";
+/// `error.type` of a message that arrived after `shutdown` began: no handler runs.
+pub(crate) const SHUTTING_DOWN: &str = "shutting_down";
 
 /// How a handler failed, ready for the `process` span.
 #[derive(Debug)]
@@ -191,19 +198,20 @@ fn start_process<P: Protocol>(
         .start_process(delivery, &route.filter, &route.slots, view.facts())
 }
 
-/// Records a QoS 0 message that is not processed because `capacity` messages are already
-/// waiting: a `process` span (and process-duration measurement) with `error.type = queue_full`.
-pub(crate) fn shed<P: Protocol>(
+/// Records a message that runs no handler: a `process` span (and process-duration measurement)
+/// ending at once with `error_type` (a QoS 0 message shed with [`QUEUE_FULL`], a message that
+/// arrived while shutting down with [`SHUTTING_DOWN`]) and `message` as its status.
+pub(crate) fn not_processed<P: Protocol>(
     core: &Core,
     delivery: &Delivery,
     route: &Route<P>,
     view: &PublishView<'_>,
-    capacity: usize,
+    error_type: &'static str,
+    message: &dyn Display,
 ) {
     let processing = start_process(core, delivery, route, view);
-    let message = format!("not processed: {capacity} messages were already waiting");
     core.telemetry
-        .end_process(processing, Some((QUEUE_FULL, &message)));
+        .end_process(processing, Some((error_type, message)));
 }
 
 /// Aborts a handler task when its run is abandoned (the worker is aborted).
@@ -276,50 +284,156 @@ async fn run<P: Protocol>(
     }
 }
 
-/// The worker: takes messages in arrival order, runs their routes' handlers one after the
-/// other, and acknowledges by `policy`. On `drain`, it stops taking new messages, processes those
-/// already queued, and ends.
+/// How the worker runs handlers and acknowledges messages.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    pub(crate) policy: AckPolicy,
+    /// Messages whose handlers run at the same time, at most (at least 1).
+    pub(crate) concurrency: usize,
+    pub(crate) order: Order,
+}
+
+/// A message whose handlers are to run.
+struct Job<P: Protocol> {
+    publish: P::Publish,
+    delivery: Delivery,
+    routes: Vec<usize>,
+}
+
+/// What a running message holds until its run ends.
+struct Running {
+    lane: Lane,
+    /// Its place among the acknowledgements (QoS 1 and 2).
+    ticket: Option<Ticket>,
+}
+
+/// What the handlers of one message share with the worker.
+struct Runner<P: Protocol> {
+    core: Arc<Core>,
+    table: Arc<RouteTable<P>>,
+    handlers: Handlers<P>,
+}
+
+/// Runs the routes of one message one after the other, in registration order; gives the message
+/// back (for its acknowledgement) with whether every handler returned `Ok`.
+async fn run_routes<P: Protocol>(runner: Arc<Runner<P>>, job: Job<P>) -> (P::Publish, bool) {
+    let mut succeeded = true;
+    for &index in &job.routes {
+        if let (Some(route), Some(handler)) = (runner.table.get(index), runner.handlers.get(index))
+        {
+            succeeded &= run::<P>(&runner.core, route, handler, &job.publish, &job.delivery).await;
+        }
+    }
+    (job.publish, succeeded)
+}
+
+/// The worker: takes the messages in arrival order and runs the handlers of up to
+/// `settings.concurrency` messages at a time, each message in a task of its own, in the order
+/// `settings.order` allows; acknowledges them by `settings.policy`, in arrival order
+/// ([`AckQueue`]). On `drain`, it stops taking new messages, runs those already queued, waits
+/// for every run, sends the acknowledgements and ends.
 pub(crate) async fn work<P: Protocol>(
     mut queue: mpsc::UnboundedReceiver<Work<P>>,
     mut drain: watch::Receiver<bool>,
     table: Arc<RouteTable<P>>,
     handlers: Handlers<P>,
     client: Client<P>,
-    policy: AckPolicy,
+    settings: Settings,
     shared: Arc<Shared>,
 ) {
-    let core = Arc::clone(client.core());
-    let mut draining = false;
+    let runner = Arc::new(Runner {
+        core: Arc::clone(client.core()),
+        table,
+        handlers,
+    });
+    let limit = settings.concurrency.max(1);
+    let mut waiting: RunQueue<(Job<P>, Option<Ticket>)> = RunQueue::new(settings.order);
+    let mut acks: AckQueue<P::Publish> = AckQueue::new();
+    // Dropping the set (the worker is aborted) aborts the runs, and with them their handlers.
+    let mut runs: JoinSet<(P::Publish, bool)> = JoinSet::new();
+    let mut running: HashMap<tokio::task::Id, Running> = HashMap::new();
+    let (mut open, mut draining) = (true, false);
     loop {
-        let work = tokio::select! {
+        while runs.len() < limit
+            && let Some((lane, (job, ticket))) = waiting.pop()
+        {
+            shared.queued.fetch_sub(1, Ordering::AcqRel);
+            let handle = runs.spawn(run_routes(Arc::clone(&runner), job));
+            running.insert(handle.id(), Running { lane, ticket });
+        }
+        // Only on the connection the message came on (see `AckPolicy`).
+        while let Some(publish) = acks.pop_ready(shared.epoch()) {
+            // `false`: the event loop is gone, and the message with it.
+            let _ = P::ack(client.inner(), &publish).await;
+        }
+        if !open && runs.is_empty() && waiting.is_empty() {
+            break;
+        }
+        tokio::select! {
             biased;
-            work = queue.recv() => work,
+            Some(ended) = runs.join_next_with_id() => {
+                let (id, outcome) = match ended {
+                    Ok((id, outcome)) => (id, Some(outcome)),
+                    // Only when the runtime shuts down: the message is not acknowledged.
+                    Err(error) => (error.id(), None),
+                };
+                if let Some(Running { lane, ticket }) = running.remove(&id) {
+                    waiting.finish(lane);
+                    if let Some(ticket) = ticket {
+                        let ack = outcome.and_then(|(publish, succeeded)| {
+                            let acknowledge = match settings.policy {
+                                AckPolicy::AfterHandler => true,
+                                AckPolicy::AfterSuccess => succeeded,
+                            };
+                            acknowledge.then_some(publish)
+                        });
+                        acks.settle(ticket, ack);
+                    }
+                }
+            }
+            work = queue.recv(), if open => match work {
+                Some(work) => accept(&mut waiting, &mut acks, &shared, work),
+                None => open = false,
+            },
             changed = drain.wait_for(|drain| *drain), if !draining => {
                 drop(changed);
                 draining = true;
                 // No new message gets in; those already queued are still received.
                 queue.close();
-                continue;
             }
-        };
-        let Some(work) = work else { break };
-        shared.queued.fetch_sub(1, Ordering::AcqRel);
-        let mut succeeded = true;
-        if let Some(delivery) = &work.delivery {
-            for &index in &work.routes {
-                if let (Some(route), Some(handler)) = (table.get(index), handlers.get(index)) {
-                    succeeded &= run::<P>(&core, route, handler, &work.publish, delivery).await;
-                }
-            }
+            else => break,
         }
-        let acknowledge = match policy {
-            AckPolicy::AfterHandler => true,
-            AckPolicy::AfterSuccess => succeeded,
-        };
-        // Only on the connection the message came on (see `AckPolicy`).
-        if acknowledge && work.epoch == shared.epoch() {
-            // `false`: the event loop is gone, and the message with it.
-            let _ = P::ack(client.inner(), &work.publish).await;
+    }
+}
+
+/// Takes a message in: its place among the acknowledgements (QoS 1 and 2), then a place among
+/// the waiting runs, or, when it runs nothing, its acknowledgement decided at once.
+fn accept<P: Protocol>(
+    waiting: &mut RunQueue<(Job<P>, Option<Ticket>)>,
+    acks: &mut AckQueue<P::Publish>,
+    shared: &Shared,
+    work: Work<P>,
+) {
+    let (key, qos) = {
+        let view = P::view(&work.publish);
+        (waiting.key(&view.topic), view.qos)
+    };
+    let ticket = (qos != MqttQoS::AtMostOnce).then(|| acks.open(work.epoch));
+    match work.delivery {
+        Some(delivery) if !work.routes.is_empty() => {
+            let job = Job {
+                publish: work.publish,
+                delivery,
+                routes: work.routes,
+            };
+            waiting.push(key, (job, ticket));
+        }
+        // No route (or not a message the traced event loop recorded): acknowledged only.
+        _ => {
+            shared.queued.fetch_sub(1, Ordering::AcqRel);
+            if let Some(ticket) = ticket {
+                acks.settle(ticket, Some(work.publish));
+            }
         }
     }
 }

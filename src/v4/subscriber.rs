@@ -99,14 +99,61 @@ impl SubscriberBuilder {
         }
     }
 
-    /// How many received messages may wait for the worker before QoS 0 messages are
-    /// shed (default 1024, at least 1). A shed message runs no handler; it is recorded
-    /// as a `process` span with `error.type = queue_full`. QoS 1 and 2 messages are
-    /// never shed: the broker's in-flight window bounds them, as they are acknowledged
-    /// only after their handlers ran.
+    /// How many received messages may wait for a handler (default 1024, at least 1).
+    ///
+    /// QoS 0 messages beyond that are shed: a shed message runs no handler; it is
+    /// recorded as a `process` span with `error.type = queue_full`. QoS 1 and 2 messages
+    /// are never shed: the broker's in-flight window bounds them, as they are
+    /// acknowledged only after their handlers ran (see "Flow control" on
+    /// [`TracedSubscriber`]).
+    ///
+    /// MQTT 3.1.1 has no way to announce that bound: the broker's own in-flight limit
+    /// decides how many QoS 1 and 2 messages wait here (mosquitto `max_inflight_messages`,
+    /// 20 by default; `0` lifts it, and then nothing bounds what the subscriber holds).
+    ///
+    /// [`TracedSubscriber::shutdown`] processes what waits, so this also bounds how long
+    /// a shutdown takes.
     pub fn queue_capacity(self, capacity: usize) -> Self {
         Self {
             inner: self.inner.queue_capacity(capacity),
+            client: self.client,
+        }
+    }
+
+    #[doc = include_str!("../roles/docs/concurrency.md")]
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use rumqttc::{MqttOptions, QoS};
+    /// use rumqttc_opentelemetry::v4::{Message, TracedSubscriber};
+    ///
+    /// async fn store(message: Message) -> Result<(), std::io::Error> {
+    ///     // An insert that waits a few milliseconds on the database.
+    ///     # let _ = message;
+    ///     Ok(())
+    /// }
+    ///
+    /// # async fn run() -> Result<(), rumqttc_opentelemetry::Error> {
+    /// let subscriber = TracedSubscriber::builder(MqttOptions::new("collector", "localhost", 1883), 64)
+    ///     .concurrency(16)
+    ///     .route("sensors/+/reading", QoS::AtLeastOnce, store)?
+    ///     .start();
+    /// subscriber.subscribed().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn concurrency(self, n: usize) -> Self {
+        Self {
+            inner: self.inner.concurrency(n),
+            client: self.client,
+        }
+    }
+
+    #[doc = include_str!("../roles/docs/unordered.md")]
+    pub fn unordered(self) -> Self {
+        Self {
+            inner: self.inner.unordered(),
             client: self.client,
         }
     }
@@ -148,6 +195,12 @@ impl SubscriberBuilder {
 ///   Where that matters, do not overlap shared and non-shared routes on one MQTT 3.1.1
 ///   connection, or use MQTT 5, whose subscription identifiers say which subscription each copy
 ///   is for.
+///
+#[doc = include_str!("../roles/docs/ordering.md")]
+///
+/// With MQTT 3.1.1 the client cannot announce its window: the broker's in-flight limit
+/// applies (mosquitto `max_inflight_messages`, 20 by default). More concurrency than that
+/// window leaves runs idle; raise the broker's limit with it.
 ///
 #[doc = include_str!("../roles/docs/connection.md")]
 /// # Example
@@ -245,15 +298,18 @@ impl TracedSubscriber {
         self.inner.publisher.wait_connected().await
     }
 
-    /// Messages received and not yet taken by the worker.
+    /// Messages received whose handlers have not started yet (they wait for a free run,
+    /// or for an earlier message of their topic).
     pub fn queued(&self) -> usize {
         self.inner.queued()
     }
 
-    /// Stops taking new messages (those arriving from now on are neither processed nor
-    /// acknowledged, so a persistent session gets them again), lets the worker process
-    /// the messages already received, flushes the publishes of the connection, sends
-    /// DISCONNECT and waits for the connection task to end.
+    /// Drains and disconnects: stops taking new messages, runs those already received,
+    /// waits for every run and sends the acknowledgements in arrival order, flushes the
+    /// publishes of the connection, sends DISCONNECT and waits for the connection task to
+    /// end. A message arriving meanwhile runs nothing and is not acknowledged (a
+    /// persistent session gets it again); it is recorded as a `process` span with
+    /// `error.type = shutting_down` (see "Shutdown" above).
     pub async fn shutdown(self) {
         self.inner.shutdown().await
     }

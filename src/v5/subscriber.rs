@@ -97,14 +97,63 @@ impl SubscriberBuilder {
         }
     }
 
-    /// How many received messages may wait for the worker before QoS 0 messages are
-    /// shed (default 1024, at least 1). A shed message runs no handler; it is recorded
-    /// as a `process` span with `error.type = queue_full`. QoS 1 and 2 messages are
-    /// never shed: the broker's in-flight window bounds them, as they are acknowledged
-    /// only after their handlers ran.
+    /// How many received messages may wait for a handler (default 1024, at least 1).
+    ///
+    /// QoS 0 messages beyond that are shed: a shed message runs no handler; it is
+    /// recorded as a `process` span with `error.type = queue_full`. QoS 1 and 2 messages
+    /// are never shed: the broker's in-flight window bounds them, as they are
+    /// acknowledged only after their handlers ran (see "Flow control" on
+    /// [`TracedSubscriber`]).
+    ///
+    /// MQTT 5 announces that bound: the subscriber's CONNECT carries a Receive Maximum of
+    /// `concurrency + queue_capacity` (at most 65,535) unless the options already set one
+    /// (`MqttOptions::set_receive_maximum`), so the broker never has more QoS 1 and 2
+    /// messages unacknowledged at this client (MQTT 5 section 3.3.4, [MQTT-3.3.4-9]).
+    ///
+    /// [`TracedSubscriber::shutdown`] processes what waits, so this also bounds how long
+    /// a shutdown takes.
     pub fn queue_capacity(self, capacity: usize) -> Self {
         Self {
             inner: self.inner.queue_capacity(capacity),
+            client: self.client,
+        }
+    }
+
+    #[doc = include_str!("../roles/docs/concurrency.md")]
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use rumqttc::v5::MqttOptions;
+    /// use rumqttc::v5::mqttbytes::QoS;
+    /// use rumqttc_opentelemetry::v5::{Message, TracedSubscriber};
+    ///
+    /// async fn store(message: Message) -> Result<(), std::io::Error> {
+    ///     // An insert that waits a few milliseconds on the database.
+    ///     # let _ = message;
+    ///     Ok(())
+    /// }
+    ///
+    /// # async fn run() -> Result<(), rumqttc_opentelemetry::Error> {
+    /// let subscriber = TracedSubscriber::builder(MqttOptions::new("collector", "localhost", 1883), 64)
+    ///     .concurrency(16)
+    ///     .route("sensors/+/reading", QoS::AtLeastOnce, store)?
+    ///     .start();
+    /// subscriber.subscribed().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn concurrency(self, n: usize) -> Self {
+        Self {
+            inner: self.inner.concurrency(n),
+            client: self.client,
+        }
+    }
+
+    #[doc = include_str!("../roles/docs/unordered.md")]
+    pub fn unordered(self) -> Self {
+        Self {
+            inner: self.inner.unordered(),
             client: self.client,
         }
     }
@@ -118,7 +167,16 @@ impl SubscriberBuilder {
     /// Starts the subscriber: spawns its worker and its connection task, which
     /// connects and subscribes the routes. Must be called inside a Tokio runtime (like
     /// `tokio::spawn`, it panics elsewhere).
-    pub fn start(self) -> TracedSubscriber {
+    ///
+    /// Unless the options set a Receive Maximum, the CONNECT announces one of
+    /// `concurrency + queue_capacity` (at most 65,535; see "Flow control" on
+    /// [`TracedSubscriber`]).
+    pub fn start(mut self) -> TracedSubscriber {
+        let window = self.inner.receive_window();
+        let options = &mut self.inner.eventloop_mut().options;
+        if options.receive_maximum().is_none() {
+            options.set_receive_maximum(Some(window));
+        }
         TracedSubscriber {
             inner: self.inner.start(),
             client: self.client,
@@ -145,6 +203,14 @@ impl SubscriberBuilder {
 /// When the broker's CONNACK says it has no subscription identifiers, the routes are subscribed
 /// without them and each message runs every route whose filter matches its topic, as with
 /// MQTT 3.1.1 (see `v4::TracedSubscriber`).
+///
+#[doc = include_str!("../roles/docs/ordering.md")]
+///
+/// With MQTT 5 the subscriber announces its window as the Receive Maximum of its CONNECT
+/// (`concurrency + queue_capacity`, at most 65,535, unless the options set one; MQTT 5
+/// section 3.1.2.11.3), which the broker must respect [MQTT-3.3.4-9]. So it holds at most
+/// that many QoS 1 and 2 messages, and a window set lower than `concurrency` leaves runs
+/// idle.
 ///
 #[doc = include_str!("../roles/docs/connection.md")]
 /// # Example
@@ -243,15 +309,18 @@ impl TracedSubscriber {
         self.inner.publisher.wait_connected().await
     }
 
-    /// Messages received and not yet taken by the worker.
+    /// Messages received whose handlers have not started yet (they wait for a free run,
+    /// or for an earlier message of their topic).
     pub fn queued(&self) -> usize {
         self.inner.queued()
     }
 
-    /// Stops taking new messages (those arriving from now on are neither processed nor
-    /// acknowledged, so a persistent session gets them again), lets the worker process
-    /// the messages already received, flushes the publishes of the connection, sends
-    /// DISCONNECT and waits for the connection task to end.
+    /// Drains and disconnects: stops taking new messages, runs those already received,
+    /// waits for every run and sends the acknowledgements in arrival order, flushes the
+    /// publishes of the connection, sends DISCONNECT and waits for the connection task to
+    /// end. A message arriving meanwhile runs nothing and is not acknowledged (a
+    /// persistent session gets it again); it is recorded as a `process` span with
+    /// `error.type = shutting_down` (see "Shutdown" above).
     pub async fn shutdown(self) {
         self.inner.shutdown().await
     }

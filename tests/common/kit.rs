@@ -4,7 +4,9 @@
 
 pub mod v4 {
     pub use rumqttc::{MqttOptions, QoS};
-    pub use rumqttc_opentelemetry::v4::{Message, TracedPublisher, TracedSubscriber};
+    pub use rumqttc_opentelemetry::v4::{
+        AckPolicy, Message, SubscriberBuilder, TracedPublisher, TracedSubscriber,
+    };
     use rumqttc_opentelemetry::{Instrumentation, V4Propagation};
 
     use crate::common::telemetry::Telemetry;
@@ -35,7 +37,9 @@ pub mod v5 {
     pub use rumqttc::v5::MqttOptions;
     pub use rumqttc::v5::mqttbytes::QoS;
     use rumqttc_opentelemetry::Instrumentation;
-    pub use rumqttc_opentelemetry::v5::{Message, TracedPublisher, TracedSubscriber};
+    pub use rumqttc_opentelemetry::v5::{
+        AckPolicy, Message, SubscriberBuilder, TracedPublisher, TracedSubscriber,
+    };
 
     use crate::common::telemetry::Telemetry;
 
