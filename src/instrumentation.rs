@@ -46,6 +46,7 @@ use opentelemetry::trace::{Tracer, TracerProvider};
 use opentelemetry::{InstrumentationScope, KeyValue};
 
 use crate::error::Error;
+use crate::hooks::{OnEnd, OnStart, StartContext};
 use crate::metrics::Metrics;
 use crate::propagation::W3CPropagator;
 use crate::semconv::{MessageFacts, Operation};
@@ -110,11 +111,6 @@ impl fmt::Debug for Propagator {
     }
 }
 
-/// A hook that adds attributes to the span of one message, in the spirit of tower-http's
-/// `MakeSpan`: for example a device id taken from the topic. It sees the operation and the facts
-/// of the message (never the payload) and pushes attributes onto the vector.
-pub type AttributeHook = dyn Fn(Operation, &MessageFacts<'_>, &mut Vec<KeyValue>) + Send + Sync;
-
 /// What the traced clients record, where it goes, and how context travels. Cheap to clone.
 ///
 /// See the [module documentation](self) for the defaults.
@@ -135,7 +131,10 @@ pub(crate) struct Settings {
     pub(crate) metric_client_id: bool,
     pub(crate) record_sizes: bool,
     pub(crate) ack_timeout: Duration,
-    pub(crate) hooks: Vec<Arc<AttributeHook>>,
+    pub(crate) on_start: Vec<Arc<dyn OnStart>>,
+    pub(crate) on_end: Vec<Arc<dyn OnEnd>>,
+    /// Topics no span is recorded for.
+    pub(crate) untraced: Option<TopicFilterSet<()>>,
     pub(crate) metrics: Metrics,
     /// Set once a root span came back without a valid context: the tracer records nothing (the
     /// no-op tracer of an application without a provider, or a provider that was shut down), so
@@ -163,7 +162,8 @@ impl fmt::Debug for Instrumentation {
             .field("metric_topics", &settings.metric_topics)
             .field("record_sizes", &settings.record_sizes)
             .field("ack_timeout", &settings.ack_timeout)
-            .field("hooks", &settings.hooks.len())
+            .field("on_start", &settings.on_start.len())
+            .field("on_end", &settings.on_end.len())
             .finish_non_exhaustive()
     }
 }
@@ -223,6 +223,13 @@ impl Settings {
         !self.tracing_off.load(Ordering::Relaxed)
     }
 
+    /// Whether messages on `topic` are traced (see [`InstrumentationBuilder::untraced`]).
+    pub(crate) fn traces(&self, topic: &str) -> bool {
+        self.untraced
+            .as_ref()
+            .is_none_or(|filters| filters.matches(topic).next().is_none())
+    }
+
     /// The tracer gave a root span no valid context: it records nothing.
     pub(crate) fn turn_tracing_off(&self) {
         self.tracing_off.store(true, Ordering::Relaxed);
@@ -252,7 +259,9 @@ pub struct InstrumentationBuilder {
     metric_client_id: bool,
     record_sizes: bool,
     ack_timeout: Duration,
-    hooks: Vec<Arc<AttributeHook>>,
+    on_start: Vec<Arc<dyn OnStart>>,
+    on_end: Vec<Arc<dyn OnEnd>>,
+    untraced: Option<TopicFilterSet<()>>,
 }
 
 impl Default for InstrumentationBuilder {
@@ -269,7 +278,9 @@ impl Default for InstrumentationBuilder {
             metric_client_id: false,
             record_sizes: false,
             ack_timeout: Duration::from_secs(60),
-            hooks: Vec::new(),
+            on_start: Vec::new(),
+            on_end: Vec::new(),
+            untraced: None,
         }
     }
 }
@@ -395,7 +406,21 @@ impl InstrumentationBuilder {
         self
     }
 
-    /// Adds a hook that adds attributes to every message span.
+    /// Adds a hook that runs before every span starts (see [`crate::hooks`]); hooks run in the
+    /// order they were added.
+    pub fn on_start(mut self, hook: impl OnStart) -> Self {
+        self.on_start.push(Arc::new(hook));
+        self
+    }
+
+    /// Adds a hook that runs before every span ends (see [`crate::hooks`]).
+    pub fn on_end(mut self, hook: impl OnEnd) -> Self {
+        self.on_end.push(Arc::new(hook));
+        self
+    }
+
+    /// Adds attributes to every message span: a start hook ([`Self::on_start`]) that sees the
+    /// operation and the facts of the message and pushes attributes.
     ///
     /// ```
     /// use opentelemetry::KeyValue;
@@ -410,12 +435,34 @@ impl InstrumentationBuilder {
     ///     })
     ///     .build();
     /// ```
-    pub fn span_attributes<F>(mut self, hook: F) -> Self
+    pub fn span_attributes<F>(self, hook: F) -> Self
     where
         F: Fn(Operation, &MessageFacts<'_>, &mut Vec<KeyValue>) + Send + Sync + 'static,
     {
-        self.hooks.push(Arc::new(hook));
-        self
+        self.on_start(move |start: &mut StartContext<'_>| {
+            let mut attributes = Vec::new();
+            hook(start.operation(), start.facts(), &mut attributes);
+            for attribute in attributes {
+                start.add_attribute(attribute);
+            }
+        })
+    }
+
+    /// Leaves messages on topics matching `filter` untraced (call again to add more): no
+    /// publish, receive or process span is recorded for them, and a publish carries the context
+    /// current where it was made unchanged (as the no-op span would). Broker topics (`$SYS/#`)
+    /// and heartbeats are typical. Their messages are still counted in the messaging metrics
+    /// (`messaging.client.sent.messages`, `.consumed.messages` and the duration histograms),
+    /// under their template or subscription like any other.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Topic`] when `filter` is not a valid topic filter.
+    pub fn untraced(mut self, filter: &str) -> Result<Self, Error> {
+        self.untraced
+            .get_or_insert_with(TopicFilterSet::new)
+            .insert(filter, ())?;
+        Ok(self)
     }
 
     /// The instrumentation.
@@ -439,7 +486,9 @@ impl InstrumentationBuilder {
                 metric_client_id: self.metric_client_id,
                 record_sizes: self.record_sizes,
                 ack_timeout: self.ack_timeout,
-                hooks: self.hooks,
+                on_start: self.on_start,
+                on_end: self.on_end,
+                untraced: self.untraced,
                 tracing_off: AtomicBool::new(false),
             }),
         }

@@ -86,6 +86,7 @@
 
 mod core;
 pub mod error;
+pub mod hooks;
 pub mod instrumentation;
 pub mod metrics;
 pub mod propagation;

@@ -11,6 +11,7 @@ use opentelemetry::trace::{Span, SpanContext, Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
 
 use super::telemetry::{MetricSet, MetricSlots, SpanStart, Telemetry};
+use crate::hooks::EndContext;
 use crate::instrumentation::{ParentMode, Propagator};
 use crate::propagation::TraceparentError;
 use crate::semconv::{ERROR_TYPE, MessageFacts, Operation};
@@ -120,6 +121,9 @@ impl Telemetry {
                         );
                     }
                 }
+                if !self.settings.on_end.is_empty() {
+                    self.end_hooks(EndContext::owned(Operation::Receive, Ok(()), &mut span));
+                }
                 let receive = span.span_context().clone();
                 span.end();
                 receive
@@ -199,6 +203,11 @@ impl Telemetry {
             {
                 span.set_attribute(KeyValue::new(ERROR_TYPE, error_type));
                 span.set_status(Status::error(message.to_string()));
+            }
+            if !self.settings.on_end.is_empty() {
+                let outcome = error.map_or(Ok(()), |(error_type, _)| Err(error_type));
+                let hooked = processing.context.span();
+                self.end_hooks(EndContext::current(Operation::Process, outcome, hooked));
             }
             span.end();
         }

@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 
 use super::correlation::Failure;
 use super::telemetry::{MetricSet, SpanStart, Telemetry};
+use crate::hooks::EndContext;
 use crate::instrumentation::Propagator;
 use crate::semconv::{ERROR_TYPE, MESSAGING_MQTT_DUPLICATE, MessageFacts, MqttQoS, Operation};
 
@@ -192,6 +193,10 @@ impl Telemetry {
                     span.set_attribute(KeyValue::new(ERROR_TYPE, error_type));
                     span.set_status(Status::error(error_type));
                 }
+            }
+            if !self.settings.on_end.is_empty() {
+                let outcome = error_type.map_or(Ok(()), Err);
+                self.end_hooks(EndContext::owned(Operation::Publish, outcome, &mut span));
             }
             span.end();
         }

@@ -9,6 +9,7 @@ use opentelemetry::global::BoxedSpan;
 use opentelemetry::trace::{Link, Span, SpanContext, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
 
+use crate::hooks::{EndContext, StartContext};
 use crate::instrumentation::{Instrumentation, Settings};
 use crate::metrics::{ConnectionGauges, CounterCell};
 use crate::semconv::{
@@ -162,7 +163,7 @@ impl Telemetry {
     /// when it records.
     pub(super) fn start_span(&self, start: SpanStart<'_>) -> Option<BoxedSpan> {
         let settings = &self.settings;
-        if !settings.tracing() {
+        if !settings.tracing() || !settings.traces(start.facts.topic) {
             return None;
         }
         let SpanStart {
@@ -174,22 +175,27 @@ impl Telemetry {
             parent,
             link,
         } = start;
+        let (name, extra) = if settings.on_start.is_empty() {
+            (None, Vec::new())
+        } else {
+            let mut hooked = StartContext::new(operation, facts, destination);
+            for hook in &settings.on_start {
+                hook.on_start(&mut hooked);
+            }
+            hooked.into_parts()
+        };
         let mut attributes = self
             .connection
             .sampling_attributes(operation, facts, template);
-        let hooked = !settings.hooks.is_empty();
-        if hooked {
-            // A hook sees every attribute and may replace one: each key once, the last wins.
-            self.connection
-                .push_recording_attributes(&mut attributes, facts, with_duplicate);
-            for hook in &settings.hooks {
-                hook(operation, facts, &mut attributes);
-            }
-            keep_last_of_each_key(&mut attributes);
+        if !extra.is_empty() {
+            // A hook's attribute replaces the crate's of the same key: each key once.
+            attributes.retain(|kv| !extra.iter().any(|hooked| hooked.key == kv.key));
+            attributes.extend(extra.iter().cloned());
         }
         let tracer = &settings.tracer;
+        let name = name.unwrap_or_else(|| operation.span_name(destination).into());
         let mut builder = tracer
-            .span_builder(operation.span_name(destination))
+            .span_builder(name)
             .with_kind(operation.span_kind())
             .with_attributes(attributes);
         if let Some(link) = link {
@@ -197,17 +203,25 @@ impl Telemetry {
         }
         let mut span = builder.start_with_context(tracer, parent);
         if span.is_recording() {
-            if !hooked {
-                let mut rest = Vec::with_capacity(9);
-                self.connection
-                    .push_recording_attributes(&mut rest, facts, with_duplicate);
-                span.set_attributes(rest);
+            let mut rest = Vec::with_capacity(9);
+            self.connection
+                .push_recording_attributes(&mut rest, facts, with_duplicate);
+            if !extra.is_empty() {
+                rest.retain(|kv| !extra.iter().any(|hooked| hooked.key == kv.key));
             }
+            span.set_attributes(rest);
         } else if !span.span_context().is_valid() && !parent.span().span_context().is_valid() {
             // A root span with no valid context: this tracer records nothing, now or later.
             settings.turn_tracing_off();
         }
         Some(span)
+    }
+
+    /// Runs the end hooks on a span about to end.
+    pub(super) fn end_hooks(&self, mut end: EndContext<'_>) {
+        for hook in &self.settings.on_end {
+            hook.on_end(&mut end);
+        }
     }
 
     /// `facts` with the opt-in sizes kept only when the instrumentation records them.
@@ -337,35 +351,9 @@ impl Telemetry {
     }
 }
 
-/// Keeps the last attribute of each key, in order of first appearance.
-fn keep_last_of_each_key(attributes: &mut Vec<KeyValue>) {
-    let mut i = 0;
-    while i < attributes.len() {
-        let later = attributes[i + 1..]
-            .iter()
-            .any(|kv| kv.key == attributes[i].key);
-        if later {
-            attributes.remove(i);
-        } else {
-            i += 1;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_last_attribute_of_a_key_wins() {
-        let mut attributes = vec![
-            KeyValue::new("a", 1),
-            KeyValue::new("b", 2),
-            KeyValue::new("a", 3),
-        ];
-        keep_last_of_each_key(&mut attributes);
-        assert_eq!(attributes, [KeyValue::new("b", 2), KeyValue::new("a", 3)]);
-    }
 
     /// A few subscriptions are scanned one by one, many go through the trie: the answer is the
     /// same, the most specific matching filter.
