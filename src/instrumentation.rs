@@ -7,7 +7,7 @@
 //! |---|---|
 //! | tracer provider | the global one, read when the `Instrumentation` is built |
 //! | meter provider | the global one, read when the `Instrumentation` is built |
-//! | propagator | [`W3CPropagator`] (W3C Trace Context and Baggage), built in, because OpenTelemetry's global propagator is a no-op until the application installs one |
+//! | propagator | the application's global one, read when the `Instrumentation` is built: when none is installed, or it writes exactly `traceparent`/`tracestate` (and `baggage`), the built-in strict [`W3CPropagator`] does the same (with baggage when there is no global one or it writes baggage); any other (B3, Jaeger, the application's own) is used as it is, through the same carriers |
 //! | consumer parent | [`ParentMode::CreationContext`] |
 //! | MQTT 3.1.1 propagation | [`V4Propagation::None`]: payload bytes never change |
 //! | publisher destination templates | none: span names use the topic |
@@ -48,7 +48,7 @@ use opentelemetry::{InstrumentationScope, KeyValue};
 use crate::error::Error;
 use crate::hooks::{OnEnd, OnStart, StartContext};
 use crate::metrics::Metrics;
-use crate::propagation::W3CPropagator;
+use crate::propagation::{GlobalChoice, W3CPropagator, default_propagator};
 use crate::semconv::{MessageFacts, Operation};
 use crate::topic::TopicFilterSet;
 
@@ -250,7 +250,8 @@ impl Settings {
 pub struct InstrumentationBuilder {
     tracer: Option<BoxedTracer>,
     meter: Option<Meter>,
-    propagator: Propagator,
+    /// `None`: follow the global propagator at `build`.
+    propagator: Option<Propagator>,
     parent_mode: ParentMode,
     v4_propagation: V4Propagation,
     v4_filters: Option<TopicFilterSet<()>>,
@@ -269,7 +270,7 @@ impl Default for InstrumentationBuilder {
         Self {
             tracer: None,
             meter: None,
-            propagator: Propagator::W3C(W3CPropagator::new()),
+            propagator: None,
             parent_mode: ParentMode::default(),
             v4_propagation: V4Propagation::default(),
             v4_filters: None,
@@ -321,21 +322,37 @@ impl InstrumentationBuilder {
         self
     }
 
-    /// Injects and extracts with `propagator` instead of the built-in W3C one. The built-in one
-    /// validates strictly and formats `traceparent` directly; a custom propagator (B3, Jaeger,
-    /// or the global one) gets MQTT 5 user properties, envelope headers or JSON members through
-    /// the carriers of [`crate::propagation`].
+    /// Injects and extracts with `propagator` instead of following the global one (see the
+    /// [module documentation](self)). It gets MQTT 5 user properties, envelope headers or JSON
+    /// members through the carriers of [`crate::propagation`]. The built-in strict one is
+    /// [`W3CPropagator`]; the global one, looked up at every use, is
+    /// [`GlobalPropagator`](crate::propagation::GlobalPropagator):
+    ///
+    /// ```
+    /// use rumqttc_opentelemetry::Instrumentation;
+    /// use rumqttc_opentelemetry::propagation::{GlobalPropagator, W3CPropagator};
+    ///
+    /// let strict = Instrumentation::builder().propagator(W3CPropagator::new()).build();
+    /// let global = Instrumentation::builder().propagator(GlobalPropagator::new()).build();
+    /// ```
     pub fn propagator(
         mut self,
         propagator: impl TextMapPropagator + Send + Sync + 'static,
     ) -> Self {
-        self.propagator = Propagator::Custom(Arc::new(propagator));
+        let builtin = (&propagator as &dyn std::any::Any)
+            .downcast_ref::<W3CPropagator>()
+            .copied();
+        self.propagator = Some(match builtin {
+            // The built-in one keeps its fast path and its reports of rejected context.
+            Some(builtin) => Propagator::W3C(builtin),
+            None => Propagator::Custom(Arc::new(propagator)),
+        });
         self
     }
 
     /// Uses the built-in W3C propagator without `baggage`.
     pub fn without_baggage(mut self) -> Self {
-        self.propagator = Propagator::W3C(W3CPropagator::without_baggage());
+        self.propagator = Some(Propagator::W3C(W3CPropagator::without_baggage()));
         self
     }
 
@@ -477,7 +494,12 @@ impl InstrumentationBuilder {
                     .unwrap_or_else(|| global::tracer_with_scope(scope())),
                 metrics: Metrics::new(&meter),
                 meter,
-                propagator: self.propagator,
+                propagator: self
+                    .propagator
+                    .unwrap_or_else(|| match default_propagator() {
+                        GlobalChoice::W3C(builtin) => Propagator::W3C(builtin),
+                        GlobalChoice::Global(global) => Propagator::Custom(Arc::new(global)),
+                    }),
                 parent_mode: self.parent_mode,
                 v4_propagation: self.v4_propagation,
                 v4_filters: self.v4_filters,

@@ -66,6 +66,7 @@
 mod baggage;
 mod carrier;
 pub mod envelope;
+mod global;
 pub mod json_fields;
 mod sdk_state;
 mod traceparent;
@@ -81,6 +82,8 @@ use opentelemetry::trace::{SpanContext, TraceContextExt};
 
 pub use baggage::{MAX_BAGGAGE_LEN, MAX_BAGGAGE_MEMBERS};
 pub use carrier::{MAX_PROPAGATION_VALUE_LEN, UserPropertiesExtractor, UserPropertiesInjector};
+pub use global::GlobalPropagator;
+pub(crate) use global::{GlobalChoice, default_propagator};
 pub use traceparent::{
     KNOWN_TRACE_FLAGS, MAX_TRACEPARENT_LEN, RANDOM_TRACE_ID_FLAG, Traceparent, TraceparentError,
     format_traceparent, parse_traceparent,
