@@ -10,6 +10,7 @@ use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::{Span, SpanContext, Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
 
+use super::logs;
 use super::telemetry::{MetricSet, MetricSlots, SpanStart, Telemetry};
 use crate::hooks::EndContext;
 use crate::instrumentation::{ParentMode, Propagator};
@@ -85,6 +86,12 @@ impl Telemetry {
                 Propagator::Custom(propagator) => propagator.extract(extractor),
             });
         let creation = creation.filter(|cx| cx.span().span_context().is_valid());
+        if let Some(error) = &traceparent_error {
+            logs::rejected_context(self, facts.topic, error);
+        }
+        if let Some(problem) = carrier.problem {
+            logs::carrier_problem(self, facts.topic, problem);
+        }
         let subscription = self.subscription_for(facts.topic);
         let (template, group) = match subscription.as_deref() {
             Some(subscription) => (

@@ -26,6 +26,7 @@ mod event_loop;
 mod event_loop_tests;
 #[cfg(test)]
 mod fake;
+pub(crate) mod logs;
 mod protocol;
 mod publish;
 mod recovery;

@@ -13,6 +13,7 @@ use opentelemetry::{Context, KeyValue};
 use tokio::sync::oneshot;
 
 use super::correlation::Failure;
+use super::logs;
 use super::telemetry::{MetricSet, SpanStart, Telemetry};
 use crate::hooks::EndContext;
 use crate::instrumentation::Propagator;
@@ -149,6 +150,7 @@ impl Telemetry {
 
     /// Records on an open publish span that its context could not be carried.
     pub(crate) fn note_propagation_problem(&self, open: &mut OpenPublish, problem: &dyn Display) {
+        logs::not_carried(self, problem);
         if let Some(span) = &mut open.span {
             span.add_event(
                 "mqtt.propagation.skipped",
@@ -176,9 +178,10 @@ impl Telemetry {
     /// Ends a publish span and records its duration.
     pub(super) fn finish(&self, mut open: OpenPublish, result: Result<(), Failure>) {
         let error_type = result.err().map(Failure::error_type);
-        if error_type.is_none() {
+        match error_type {
             // A QoS 0 publish ends when it is written.
-            self.count_written(&mut open);
+            None => self.count_written(&mut open),
+            Some(error_type) => logs::publish_failed(self, error_type, open.pkid),
         }
         open.metrics.record_duration(
             &self.settings,

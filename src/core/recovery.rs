@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 
 use super::correlation::{Failure, Resent, Signal};
+use super::logs;
 use super::protocol::{Protocol, RequestKind};
 use super::publish::OpenPublish;
 use super::telemetry::Telemetry;
@@ -291,6 +292,7 @@ impl PublishTable {
             None => self.table.on_session_lost(unsent),
         };
         if let Some(plan) = requeue {
+            logs::resent(telemetry, plan.len());
             telemetry
                 .settings
                 .metrics

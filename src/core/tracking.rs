@@ -12,6 +12,7 @@ use opentelemetry::trace::Span;
 use tokio::sync::mpsc;
 
 use super::correlation::{Correlation, Failure, Signal, Step};
+use super::logs;
 use super::publish::OpenPublish;
 use super::telemetry::Telemetry;
 use crate::semconv::MESSAGING_MQTT_PACKET_ID;
@@ -235,6 +236,7 @@ pub(super) fn after_step(
                 open.retransmitted();
             }
         }
+        Step::Late(pkid) => logs::late_ack(telemetry, pkid),
     }
     None
 }

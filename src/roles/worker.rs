@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use super::AckPolicy;
 use super::schedule::{AckQueue, Lane, Order, RunQueue, Ticket};
 use super::shared::Shared;
-use crate::core::{Client, Core, Delivery, MetricSlots, Processing, Protocol, PublishView};
+use crate::core::{Client, Core, Delivery, MetricSlots, Processing, Protocol, PublishView, logs};
 use crate::error::Error;
 use crate::semconv::MqttQoS;
 use crate::topic::TopicFilterSet;
@@ -270,6 +270,7 @@ async fn run<P: Protocol>(
         }
         Err(error) if error.is_panic() => {
             let message = panic_message(error.into_panic());
+            logs::handler_panicked(&core.telemetry, &route.filter, &message);
             core.telemetry
                 .end_process(processing, Some((PANIC, &message as &dyn Display)));
             false

@@ -104,6 +104,9 @@ pub(crate) enum Step<T> {
     Done(T, Result<(), Failure>),
     /// The publish waiting on this pkid was written again (replay after a reconnect).
     Replayed(u16),
+    /// The final acknowledgement for this pkid came after its entry had ended early (a ghost:
+    /// `ack_timeout`); nothing to finish, but worth a log line.
+    Late(u16),
 }
 
 impl<T> Step<T> {
@@ -111,6 +114,14 @@ impl<T> Step<T> {
         match slot.value {
             Some(value) => Self::Done(value, result),
             None => Self::Pending,
+        }
+    }
+
+    /// The final acknowledgement for `pkid` freed `slot`.
+    fn acknowledged(pkid: u16, slot: Slot<T>, result: Result<(), Failure>) -> Self {
+        match slot.value {
+            Some(value) => Self::Done(value, result),
+            None => Self::Late(pkid),
         }
     }
 }
@@ -290,7 +301,7 @@ impl<T> Correlation<T> {
     /// A PUBACK for `pkid` arrived; `failure` when its reason code is an error.
     fn on_puback(&mut self, pkid: u16, failure: Option<Failure>) -> Step<T> {
         match self.awaiting_ack.remove(&pkid) {
-            Some(slot) => Step::done(slot, failure.map_or(Ok(()), Err)),
+            Some(slot) => Step::acknowledged(pkid, slot, failure.map_or(Ok(()), Err)),
             None => Step::Pending,
         }
     }
@@ -312,7 +323,7 @@ impl<T> Correlation<T> {
     /// A PUBCOMP for `pkid` arrived.
     fn on_pubcomp(&mut self, pkid: u16, failure: Option<Failure>) -> Step<T> {
         match self.awaiting_comp.remove(&pkid) {
-            Some(slot) => Step::done(slot, failure.map_or(Ok(()), Err)),
+            Some(slot) => Step::acknowledged(pkid, slot, failure.map_or(Ok(()), Err)),
             None => Step::Pending,
         }
     }
