@@ -33,6 +33,7 @@ pub(crate) struct SubscriberBuilderCore<P: Protocol> {
     capacity: usize,
     concurrency: usize,
     order: Order,
+    handler_span: bool,
 }
 
 impl<P: Protocol> std::fmt::Debug for SubscriberBuilderCore<P> {
@@ -51,6 +52,7 @@ impl<P: Protocol> std::fmt::Debug for SubscriberBuilderCore<P> {
             .field("queue_capacity", &self.capacity)
             .field("concurrency", &self.concurrency)
             .field("ordered_per_topic", &(self.order == Order::PerTopic))
+            .field("handler_span", &self.handler_span)
             .finish_non_exhaustive()
     }
 }
@@ -77,6 +79,7 @@ impl<P: Protocol> SubscriberBuilderCore<P> {
             capacity: DEFAULT_QUEUE_CAPACITY,
             concurrency: DEFAULT_CONCURRENCY,
             order: Order::PerTopic,
+            handler_span: false,
         }
     }
 
@@ -132,6 +135,11 @@ impl<P: Protocol> SubscriberBuilderCore<P> {
         self
     }
 
+    pub(crate) fn handler_span(mut self, on: bool) -> Self {
+        self.handler_span = on;
+        self
+    }
+
     /// How many QoS 1 and 2 messages the subscriber is ready to hold unacknowledged: the runs in
     /// flight and the waiting messages (MQTT 5 announces it as its Receive Maximum, section
     /// 3.1.2.11.3), at most 65,535.
@@ -159,6 +167,7 @@ impl<P: Protocol> SubscriberBuilderCore<P> {
             capacity,
             concurrency,
             order,
+            handler_span,
         } = self;
         let shared = Arc::clone(&publisher.driver.shared);
         let has_routes = !table.is_empty();
@@ -175,6 +184,7 @@ impl<P: Protocol> SubscriberBuilderCore<P> {
                 policy,
                 concurrency,
                 order,
+                handler_span,
             },
             Arc::clone(&shared),
         ));

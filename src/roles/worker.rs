@@ -14,6 +14,7 @@ use opentelemetry::Context;
 use opentelemetry::trace::{FutureExt as _, TraceContextExt as _};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
+use tracing::Instrument as _;
 
 use super::AckPolicy;
 use super::schedule::{AckQueue, Lane, Order, RunQueue, Ticket};
@@ -237,6 +238,7 @@ fn panic_message(payload: Box<dyn Any + Send>) -> String {
 /// Runs one handler on one message inside its `process` span; `true` when it returned `Ok`.
 async fn run<P: Protocol>(
     core: &Core,
+    handler_span: bool,
     route: &Route<P>,
     handler: &Handler<P>,
     publish: &P::Publish,
@@ -251,9 +253,19 @@ async fn run<P: Protocol>(
     let handler = Arc::clone(handler);
     // A task of its own, so that a panic ends this run only. The handler is called inside the
     // task, so a panic before its first await is caught too; the process context is current
-    // whenever the task runs.
+    // whenever the task runs, and so when the `tracing` span is made: tracing-opentelemetry
+    // takes it as that span's parent.
     let task = tokio::spawn(
-        async move { handler(incoming).await }.with_context(processing.context.clone()),
+        async move {
+            if handler_span {
+                let route = Arc::clone(&incoming.route);
+                let span = tracing::info_span!(target: logs::TARGET, "handler", %route);
+                handler(incoming).instrument(span).await
+            } else {
+                handler(incoming).await
+            }
+        }
+        .with_context(processing.context.clone()),
     );
     let _abort = AbortOnDrop(task.abort_handle());
     match task.await {
@@ -292,6 +304,8 @@ pub(crate) struct Settings {
     /// Messages whose handlers run at the same time, at most (at least 1).
     pub(crate) concurrency: usize,
     pub(crate) order: Order,
+    /// Each handler runs inside a `tracing` span `handler`.
+    pub(crate) handler_span: bool,
 }
 
 /// A message whose handlers are to run.
@@ -313,6 +327,8 @@ struct Runner<P: Protocol> {
     core: Arc<Core>,
     table: Arc<RouteTable<P>>,
     handlers: Handlers<P>,
+    /// Whether each handler runs inside a `tracing` span (`handler_span`).
+    handler_span: bool,
 }
 
 /// Runs the routes of one message one after the other, in registration order; gives the message
@@ -322,7 +338,15 @@ async fn run_routes<P: Protocol>(runner: Arc<Runner<P>>, job: Job<P>) -> (P::Pub
     for &index in &job.routes {
         if let (Some(route), Some(handler)) = (runner.table.get(index), runner.handlers.get(index))
         {
-            succeeded &= run::<P>(&runner.core, route, handler, &job.publish, &job.delivery).await;
+            succeeded &= run::<P>(
+                &runner.core,
+                runner.handler_span,
+                route,
+                handler,
+                &job.publish,
+                &job.delivery,
+            )
+            .await;
         }
     }
     (job.publish, succeeded)
@@ -346,6 +370,7 @@ pub(crate) async fn work<P: Protocol>(
         core: Arc::clone(client.core()),
         table,
         handlers,
+        handler_span: settings.handler_span,
     });
     let limit = settings.concurrency.max(1);
     let mut waiting: RunQueue<(Job<P>, Option<Ticket>)> = RunQueue::new(settings.order);

@@ -158,6 +158,34 @@ impl SubscriberBuilder {
         }
     }
 
+    #[doc = include_str!("../roles/docs/handler_span.md")]
+    ///
+    /// ```no_run
+    /// use rumqttc::MqttOptions;
+    /// use rumqttc::QoS;
+    /// use rumqttc_opentelemetry::v4::{Message, TracedSubscriber};
+    ///
+    /// # async fn run() -> Result<(), rumqttc_opentelemetry::Error> {
+    /// let options = MqttOptions::new("collector", "localhost", 1883);
+    /// let subscriber = TracedSubscriber::builder(options, 10)
+    ///     .handler_span(true)
+    ///     .route("sensors/#", QoS::AtLeastOnce, |message: Message| async move {
+    ///         // An event of the `handler` span, so of the message's trace.
+    ///         tracing::info!(bytes = message.payload().len(), "stored");
+    ///         Ok::<(), std::io::Error>(())
+    ///     })?
+    ///     .start();
+    /// subscriber.subscribed().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn handler_span(self, on: bool) -> Self {
+        Self {
+            inner: self.inner.handler_span(on),
+            client: self.client,
+        }
+    }
+
     /// The filters of the routes whose filter matches `topic`, in registration order
     /// (a `$share/{group}/` prefix is kept).
     pub fn matching_routes(&self, topic: &str) -> Vec<&str> {
