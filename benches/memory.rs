@@ -399,7 +399,8 @@ fn rss_kib() -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// The child side of the RSS measurement: prints `RSS base built after hwm` in KiB.
+/// The child side of the RSS measurement: prints `RSS base built after hwm heap` in KiB, `heap`
+/// being the live heap after the messages minus the live heap at `base`.
 fn rss_child(spec: &str, port: u16, messages: usize) {
     let (version, variant) = match spec {
         "v4-plain" => (Version::V4, Variant::Plain),
@@ -416,6 +417,7 @@ fn rss_child(spec: &str, port: u16, messages: usize) {
         .expect("runtime");
     runtime.block_on(async move {
         let base = rss_kib().0;
+        let heap_base = live().0;
         // The SDK's default batch-processor queue: what an application gets untuned.
         let telemetry = (variant == Variant::Recording).then(|| Telemetry::with_queue(true, 2048));
         let instrumentation = match variant {
@@ -470,7 +472,8 @@ fn rss_child(spec: &str, port: u16, messages: usize) {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let (after, hwm) = rss_kib();
-        println!("RSS {base} {built} {after} {hwm}");
+        let heap = (live().0 - heap_base) / 1024;
+        println!("RSS {base} {built} {after} {hwm} {heap}");
         client.disconnect().await;
         driver.abort();
         drop(telemetry);
@@ -564,17 +567,24 @@ fn main() {
         "after publishing and receiving {messages} QoS 1 messages of 64 B (own subscription) through a mosquitto with default limits:"
     );
     println!(
-        "{:<12} {:>11} {:>13} {:>13} {:>11} {:>14}",
-        "client", "base KiB", "+client KiB", "+after KiB", "peak KiB", "vs plain KiB"
+        "{:<12} {:>11} {:>13} {:>13} {:>11} {:>14} {:>10} {:>15}",
+        "client",
+        "base KiB",
+        "+client KiB",
+        "+after KiB",
+        "peak KiB",
+        "vs plain KiB",
+        "heap KiB",
+        "heap vs plain"
     );
-    println!("{}", "-".repeat(80));
+    println!("{}", "-".repeat(107));
     // The RSS children talk to a broker with mosquitto's default limits (receive maximum 20 for
     // MQTT 5), as an application would; the broker above lifts them so K publishes can be
     // outstanding.
     drop(broker);
     let broker = Broker::start(&[]);
     let exe = std::env::current_exe().expect("current_exe");
-    let mut plain_after = 0i64;
+    let (mut plain_after, mut plain_heap) = (0i64, 0i64);
     for spec in [
         "v4-plain",
         "v4-traced",
@@ -604,15 +614,18 @@ fn main() {
             .split_whitespace()
             .map(|x| x.parse().unwrap())
             .collect();
-        let (base, built, after, hwm) = (v[0], v[1], v[2], v[3]);
-        let vs_plain = if spec.ends_with("plain") {
-            plain_after = after;
-            "-".to_string()
+        let (base, built, after, hwm, heap) = (v[0], v[1], v[2], v[3], v[4]);
+        let (vs_plain, heap_vs_plain) = if spec.ends_with("plain") {
+            (plain_after, plain_heap) = (after, heap);
+            ("-".to_string(), "-".to_string())
         } else {
-            format!("{:+}", after - plain_after)
+            (
+                format!("{:+}", after - plain_after),
+                format!("{:+}", heap - plain_heap),
+            )
         };
         println!(
-            "{spec:<12} {base:>11} {:>+13} {:>+13} {hwm:>11} {vs_plain:>14}",
+            "{spec:<12} {base:>11} {:>+13} {:>+13} {hwm:>11} {vs_plain:>14} {heap:>10} {heap_vs_plain:>15}",
             built - base,
             after - base
         );
@@ -624,4 +637,8 @@ fn main() {
     println!(
         "minus base; peak: VmHWM of the child; vs plain: final VmRSS minus the plain client's of the same version."
     );
+    println!(
+        "heap: live heap bytes after the messages minus those at base (the counting allocator, exact); heap vs plain:"
+    );
+    println!("the same minus the plain client's: with noop, the crate's own share per connection.");
 }
