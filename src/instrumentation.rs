@@ -417,7 +417,8 @@ impl InstrumentationBuilder {
 
     /// How long a QoS 1 or 2 publish may wait for its acknowledgement before its span ends as an
     /// error (`error.type = ack_timeout`), so that no span is held forever when a broker never
-    /// answers. Default 60 s. A late acknowledgement after that is ignored.
+    /// answers. Default 60 s. A late acknowledgement after that changes nothing (it is logged at
+    /// `debug`, see the README's "Logs").
     pub fn ack_timeout(mut self, bound: Duration) -> Self {
         self.ack_timeout = bound;
         self
