@@ -7,7 +7,7 @@
 # Usage: scripts/instructions.sh [BENCH_BINARY...]
 #   Without arguments it builds and measures the current tree's `throughput` bench. Several
 #   binaries (say, an older commit's, built into another target dir) are measured in turn, in
-#   the same sitting. Environment: VERSIONS (v4 v5), QOS (0), VARIANTS (plain wire noop off
+#   the same sitting. Environment: VERSIONS (v4 v5), QOS (0), SHAPE (spawned or main), VARIANTS (plain wire noop off
 #   rec), REPEAT (3: the median of that many slopes is printed, with min..max).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,6 +49,7 @@ instructions() { # binary version qos variant n -> total Ir
     local out="$work/cg.out"
     THROUGHPUT_BROKER_PORT="$port" THROUGHPUT_VERSIONS="$2" THROUGHPUT_QOS="$3" \
         THROUGHPUT_VARIANTS="$4" THROUGHPUT_RUNS=1 THROUGHPUT_WARMUP=0 THROUGHPUT_NODELAY=0 \
+        THROUGHPUT_SHAPE="${SHAPE:-spawned}" \
         THROUGHPUT_QOS0_N="$5" THROUGHPUT_QOS1_N="$5" \
         valgrind --tool=callgrind --callgrind-out-file="$out" "$1" >/dev/null 2>"$work/valgrind.log"
     grep -m1 '^summary:' "$out" | awk '{print $2}'
