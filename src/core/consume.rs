@@ -10,6 +10,7 @@ use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::{Span, SpanContext, Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
 
+use super::aliases::Unresolved;
 use super::telemetry::{MetricSet, MetricSlots, SpanStart, Telemetry};
 use crate::instrumentation::{ParentMode, Propagator};
 use crate::propagation::TraceparentError;
@@ -67,10 +68,30 @@ pub(crate) struct Carrier<'a> {
     pub(crate) problem: Option<&'a dyn Display>,
 }
 
+/// What MQTT 5 adds to a receive span: the request a reply answers, and why the message's Topic
+/// Alias named no topic.
+#[derive(Debug, Default)]
+pub(crate) struct Reception {
+    /// The publish span of the request this message replies to: a link.
+    pub(crate) request: Option<SpanContext>,
+    /// The Topic Alias and what was wrong with it: an `mqtt.topic_alias.rejected` event.
+    pub(crate) alias: Option<(u16, Unresolved)>,
+}
+
 impl Telemetry {
     /// Records the CLIENT `receive` span of a message handed out by the event loop, and returns
     /// what the application needs to continue the trace.
     pub(crate) fn receive(&self, facts: MessageFacts<'_>, carrier: Carrier<'_>) -> Delivery {
+        self.receive_with(facts, carrier, Reception::default())
+    }
+
+    /// [`Telemetry::receive`], with what MQTT 5 adds.
+    pub(crate) fn receive_with(
+        &self,
+        facts: MessageFacts<'_>,
+        carrier: Carrier<'_>,
+        reception: Reception,
+    ) -> Delivery {
         let ambient = Context::current();
         let mut traceparent_error: Option<TraceparentError> = None;
         let creation = carrier
@@ -118,6 +139,18 @@ impl Telemetry {
                             "mqtt.propagation.rejected",
                             vec![KeyValue::new("reason", problem)],
                         );
+                    }
+                    if let Some((alias, unresolved)) = reception.alias {
+                        span.add_event(
+                            "mqtt.topic_alias.rejected",
+                            vec![
+                                KeyValue::new("reason", unresolved.reason()),
+                                KeyValue::new("mqtt.topic_alias", i64::from(alias)),
+                            ],
+                        );
+                    }
+                    if let Some(request) = reception.request {
+                        span.add_link(request, Vec::new());
                     }
                 }
                 let receive = span.span_context().clone();
