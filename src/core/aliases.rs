@@ -123,7 +123,7 @@ pub(crate) enum Outbound {
     /// The publish uses the alias alone, which stands for this topic on this connection.
     Aliased(Arc<str>),
     /// The alias stands for this topic, which the current connection has not been told: the
-    /// publish must carry it again (and [`TopicAliases::not_sent`] be told if it is not sent).
+    /// publish must carry it again.
     Renamed(Arc<str>),
 }
 
@@ -132,8 +132,9 @@ pub(crate) enum Outbound {
 pub(crate) struct Address {
     /// The topic the alias stands for, when the topic name is empty.
     pub(crate) aliased: Option<Arc<str>>,
-    /// The alias whose topic this publish carries again after a lost connection.
-    pub(crate) renamed: Option<u16>,
+    /// The alias this publish sets with its topic name ([`Outbound::Named`] or
+    /// [`Outbound::Renamed`]): [`TopicAliases::not_sent`] is told if it does not go out.
+    pub(crate) sets: Option<u16>,
 }
 
 impl TopicAliases {
@@ -192,10 +193,11 @@ impl TopicAliases {
         }
     }
 
-    /// The publish at `address` was not handed to rumqttc after all: if it was to set its alias
-    /// again, the current connection still does not know the alias.
+    /// The publish at `address` was not handed to rumqttc after all (rumqttc's queue was
+    /// busy, or its event loop is gone): if it was to set its alias, the current connection
+    /// does not know the alias, and the next publish that uses it alone carries its topic.
     pub(crate) fn not_sent(&self, address: &Address) {
-        if let Some(alias) = address.renamed {
+        if let Some(alias) = address.sets {
             let mut outgoing = self.outgoing();
             let connection = outgoing.connection;
             if let Some(sent) = outgoing.aliases.get_mut(&alias)
@@ -345,11 +347,16 @@ mod tests {
         // A publish that was to carry the topic again but was not sent: the next one does.
         aliases.rebase([]);
         assert_eq!(aliases.send("", 1), Ok(Outbound::Renamed(Arc::from("a/b"))));
-        aliases.not_sent(&Address {
+        let not_sent = Address {
             aliased: None,
-            renamed: Some(1),
-        });
+            sets: Some(1),
+        };
+        aliases.not_sent(&not_sent);
         assert_eq!(aliases.send("", 1), Ok(Outbound::Renamed(Arc::from("a/b"))));
+        // The same for a publish that set the alias with its topic name.
+        assert_eq!(aliases.send("a/c", 1), Ok(Outbound::Named));
+        aliases.not_sent(&not_sent);
+        assert_eq!(aliases.send("", 1), Ok(Outbound::Renamed(Arc::from("a/c"))));
         // A topic name after the loss sets it as well.
         aliases.rebase([]);
         assert_eq!(aliases.send("a/b", 1), Ok(Outbound::Named));

@@ -79,12 +79,12 @@ impl Protocol for V5 {
         };
         let mut address = Address::default();
         match telemetry.aliases.send(&request.topic, alias)? {
-            Outbound::Named => {}
+            Outbound::Named => address.sets = Some(alias),
             Outbound::Aliased(topic) => address.aliased = Some(topic),
             Outbound::Renamed(topic) => {
                 // Topic and alias: the mapping is set again on this connection.
                 request.topic = topic.to_string();
-                address.renamed = Some(alias);
+                address.sets = Some(alias);
             }
         }
         Ok(address)
