@@ -5,12 +5,21 @@
 use std::fmt;
 use std::sync::Arc;
 
+use super::aliases::{Address, Refusal, TopicAliases};
 use super::event_loop::EventLoop;
 use super::protocol::{Attempt, Protocol, PublishRequest};
 use super::publish::{OpenPublish, confirmed};
 use super::shared::Core;
 use crate::error::Error;
 use crate::instrumentation::Instrumentation;
+
+/// Why a publish was not started.
+enum Refused {
+    /// A topic name rumqttc refuses (a wildcard character).
+    TopicName,
+    /// A protocol error with the Topic Alias (MQTT 5).
+    Alias(Refusal),
+}
 
 /// A traced rumqttc client of protocol `P`. Clones share one connection.
 pub(crate) struct Client<P: Protocol> {
@@ -43,7 +52,8 @@ impl<P: Protocol> Client<P> {
         cap: usize,
         instrumentation: &Instrumentation,
     ) -> (Self, EventLoop<P>) {
-        let (core, table) = Core::new(instrumentation, P::connection(&options));
+        let (mut core, table) = Core::new(instrumentation, P::connection(&options));
+        core.telemetry.aliases = TopicAliases::new(P::incoming_alias_maximum(&options));
         let core = Arc::new(core);
         let (inner, eventloop) = P::new_client(options, cap);
         let client = Self {
@@ -68,12 +78,12 @@ impl<P: Protocol> Client<P> {
         &self,
         mut request: PublishRequest<P>,
     ) -> Result<(), P::ClientError> {
-        if !P::valid_topic(&request.topic) {
-            // rumqttc refuses it before it reaches the queue; there is nothing to trace.
-            return Err(P::refused(request, Attempt::Send));
+        match self.start(&mut request) {
+            Ok((open, address)) => self.send(open, address, request).await,
+            // Refused before it reaches the queue, as rumqttc refuses an invalid topic name;
+            // there is nothing to trace.
+            Err(_) => Err(P::refused(request, Attempt::Send)),
         }
-        let open = self.start(&mut request);
-        self.send(open, request).await
     }
 
     /// Publishes and waits until the publish has ended, as its span does.
@@ -81,34 +91,46 @@ impl<P: Protocol> Client<P> {
         &self,
         mut request: PublishRequest<P>,
     ) -> Result<(), Error> {
-        if !P::valid_topic(&request.topic) {
-            return Err(Error::RequestRejected(format!(
-                "invalid topic name {:?}",
-                request.topic
-            )));
-        }
-        let mut open = self.start(&mut request);
+        let (mut open, address) = match self.start(&mut request) {
+            Ok(started) => started,
+            Err(Refused::TopicName) => {
+                return Err(Error::RequestRejected(format!(
+                    "invalid topic name {:?}",
+                    request.topic
+                )));
+            }
+            Err(Refused::Alias(refusal)) => {
+                return Err(Error::RequestRejected(refusal.to_string()));
+            }
+        };
         let outcome = open.watch();
-        confirmed(self.send(open, request).await.map(|()| outcome)).await
+        confirmed(self.send(open, address, request).await.map(|()| outcome)).await
     }
 
-    /// Starts the span of a publish and carries its context in the request.
-    fn start(&self, request: &mut PublishRequest<P>) -> OpenPublish {
+    /// Checks the topic name (and the Topic Alias, MQTT 5), starts the span of a publish and
+    /// carries its context in the request.
+    fn start(&self, request: &mut PublishRequest<P>) -> Result<(OpenPublish, Address), Refused> {
+        if !P::valid_topic(&request.topic) {
+            return Err(Refused::TopicName);
+        }
         let telemetry = &self.core.telemetry;
+        let address = P::address(telemetry, request).map_err(Refused::Alias)?;
         let (mut open, parent) = telemetry.start_publish(
-            &request.topic,
+            address.aliased.as_deref().unwrap_or(&request.topic),
+            P::request_correlation_data(request),
             request.qos.into(),
             request.retain,
             request.payload.len(),
         );
         P::carry(telemetry, &mut open, &parent, request);
-        open
+        Ok((open, address))
     }
 
     /// Hands the request to rumqttc, in the table's order.
     async fn send(
         &self,
         open: OpenPublish,
+        address: Address,
         request: PublishRequest<P>,
     ) -> Result<(), P::ClientError> {
         let telemetry = &self.core.telemetry;
@@ -117,26 +139,28 @@ impl<P: Protocol> Client<P> {
         let sent = P::send(&self.inner, request).await;
         if sent.is_err() {
             order.withdraw();
+            telemetry.aliases.not_sent(&address);
         }
         sent
     }
 
     /// Publishes if rumqttc's request channel has room now.
     pub(crate) fn try_publish(&self, mut request: PublishRequest<P>) -> Result<(), P::ClientError> {
-        if !P::valid_topic(&request.topic) {
+        let Ok((open, address)) = self.start(&mut request) else {
             return Err(P::refused(request, Attempt::TrySend));
-        }
-        let open = self.start(&mut request);
+        };
         let telemetry = &self.core.telemetry;
         // Another task is sending on a full queue: as busy as a full queue.
         let Some(order) = self.core.publishes.try_order() else {
             self.core.publishes.refused(telemetry, open);
+            telemetry.aliases.not_sent(&address);
             return Err(P::refused(request, Attempt::TrySend));
         };
         order.hand_over(telemetry, open);
         let sent = P::try_send(&self.inner, request);
         if sent.is_err() {
             order.withdraw();
+            telemetry.aliases.not_sent(&address);
         }
         sent
     }

@@ -10,6 +10,7 @@ use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::{Span, SpanContext, Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
 
+use super::aliases::Unresolved;
 use super::logs;
 use super::telemetry::{MetricSet, MetricSlots, SpanStart, Telemetry};
 use crate::hooks::EndContext;
@@ -69,10 +70,30 @@ pub(crate) struct Carrier<'a> {
     pub(crate) problem: Option<&'a dyn Display>,
 }
 
+/// What MQTT 5 adds to a receive span: the request a reply answers, and why the message's Topic
+/// Alias named no topic.
+#[derive(Debug, Default)]
+pub(crate) struct Reception {
+    /// The publish span of the request this message replies to: a link.
+    pub(crate) request: Option<SpanContext>,
+    /// The Topic Alias and what was wrong with it: an `mqtt.topic_alias.rejected` event.
+    pub(crate) alias: Option<(u16, Unresolved)>,
+}
+
 impl Telemetry {
     /// Records the CLIENT `receive` span of a message handed out by the event loop, and returns
     /// what the application needs to continue the trace.
     pub(crate) fn receive(&self, facts: MessageFacts<'_>, carrier: Carrier<'_>) -> Delivery {
+        self.receive_with(facts, carrier, Reception::default())
+    }
+
+    /// [`Telemetry::receive`], with what MQTT 5 adds.
+    pub(crate) fn receive_with(
+        &self,
+        facts: MessageFacts<'_>,
+        carrier: Carrier<'_>,
+        reception: Reception,
+    ) -> Delivery {
         let ambient = Context::current();
         let mut traceparent_error: Option<TraceparentError> = None;
         let creation = carrier
@@ -91,6 +112,9 @@ impl Telemetry {
         }
         if let Some(problem) = carrier.problem {
             logs::carrier_problem(self, facts.topic, problem);
+        }
+        if let Some((alias, unresolved)) = &reception.alias {
+            logs::unresolved_alias(self, *alias, unresolved.reason());
         }
         let subscription = self.subscription_for(facts.topic);
         let (template, group) = match subscription.as_deref() {
@@ -126,6 +150,18 @@ impl Telemetry {
                             "mqtt.propagation.rejected",
                             vec![KeyValue::new("reason", problem)],
                         );
+                    }
+                    if let Some((alias, unresolved)) = reception.alias {
+                        span.add_event(
+                            "mqtt.topic_alias.rejected",
+                            vec![
+                                KeyValue::new("reason", unresolved.reason()),
+                                KeyValue::new("mqtt.topic_alias", i64::from(alias)),
+                            ],
+                        );
+                    }
+                    if let Some(request) = reception.request {
+                        span.add_link(request, Vec::new());
                     }
                 }
                 if !self.settings.on_end.is_empty() {

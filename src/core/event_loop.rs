@@ -130,6 +130,7 @@ impl<P: Protocol> EventLoop<P> {
             Ok(event) => event,
             Err(error) => {
                 self.publishes.after_poll(telemetry, true);
+                P::connection_lost(telemetry, &mut self.inner);
                 self.recovery.after_error(&mut self.inner, attempt);
                 self.connection.on_error(telemetry, P::error_type(error));
                 self.publishes.on_connection_lost(
@@ -142,19 +143,27 @@ impl<P: Protocol> EventLoop<P> {
             }
         };
         if let Some(attempt) = attempt
-            && let Some((session_present, receive_maximum)) = P::queued_events(&self.inner)
-                .iter()
-                .rev()
-                .chain(std::iter::once(&*event))
-                .find_map(|queued| match P::event(queued) {
-                    EventView::ConnAck {
-                        session_present,
-                        receive_maximum,
-                        ..
-                    } => Some((session_present, receive_maximum)),
-                    _ => None,
-                })
+            && let Some((session_present, receive_maximum, alias_maximum)) =
+                P::queued_events(&self.inner)
+                    .iter()
+                    .rev()
+                    .chain(std::iter::once(&*event))
+                    .find_map(|queued| match P::event(queued) {
+                        EventView::ConnAck {
+                            session_present,
+                            receive_maximum,
+                            ..
+                        } => Some((
+                            session_present,
+                            receive_maximum,
+                            P::topic_alias_maximum(queued),
+                        )),
+                        _ => None,
+                    })
         {
+            if let Some(maximum) = alias_maximum {
+                telemetry.aliases.connected(maximum);
+            }
             self.connection.on_connack(telemetry);
             self.recovery.after_connack(
                 &mut self.inner,
@@ -168,6 +177,11 @@ impl<P: Protocol> EventLoop<P> {
         let (incoming, signal, keep_alive) = {
             let view = P::event(event);
             let keep_alive = match &view {
+                // The broker's aliases of the old connection end here, after its last events.
+                EventView::ConnAck { .. } => {
+                    telemetry.aliases.new_incoming_connection();
+                    false
+                }
                 EventView::PingResp => {
                     self.connection.on_pingresp(telemetry);
                     true

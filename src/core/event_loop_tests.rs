@@ -10,9 +10,10 @@ use rumqttc::Outgoing;
 
 use super::client::Client;
 use super::event_loop::EventLoop;
-use super::fake::{Fake, FakeEvent, FakeEventLoop, FakeOptions, FakePublish, FakeRequest, written};
+use super::fake::{
+    Fake, FakeEvent, FakeEventLoop, FakeOptions, FakePublish, FakeRequest, recording, written,
+};
 use super::protocol::PublishRequest;
-use crate::instrumentation::Instrumentation;
 use crate::semconv::{ERROR_TYPE, MESSAGING_MQTT_DUPLICATE, MqttQoS};
 
 struct Setup {
@@ -24,13 +25,7 @@ struct Setup {
 
 /// A connected fake client with in-flight limit `limit`.
 async fn connected(limit: u16) -> Setup {
-    let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
-        .build();
-    let instrumentation = Instrumentation::builder()
-        .tracer_provider(&provider)
-        .build();
+    let (instrumentation, exporter, provider) = recording();
     let (client, mut eventloop) = Client::<Fake>::new(FakeOptions { limit }, 10, &instrumentation);
     eventloop.inner_mut().then(|_| {
         Ok(FakeEvent::ConnAck {
@@ -531,4 +526,62 @@ async fn replays_in_pending_take_their_places_in_the_window() {
         .map(|(name, dup)| (format!("publish {name}"), *dup))
         .collect();
     assert_eq!(duplicate_flags(&exporter), flags);
+}
+
+/// Topic Aliases follow rumqttc 5's order of events: the CONNACK of a new connection comes
+/// after the events left from the old one. The broker's aliases of the old connection resolve
+/// the messages of the old connection still queued, and end [MQTT-3.3.2-7] when the new CONNACK
+/// is handed out; the broker's Topic Alias Maximum is taken from the CONNACK as soon as the
+/// connection is made.
+#[tokio::test]
+async fn incoming_aliases_end_when_the_next_connack_is_handed_out() {
+    use super::aliases::{Refusal, Unresolved};
+    let Setup {
+        client,
+        mut eventloop,
+        ..
+    } = connected(10).await;
+    let aliases = &client.core().telemetry.aliases;
+    assert_eq!(
+        aliases.send("t", 6),
+        Err(Refusal::AliasAboveMaximum {
+            alias: 6,
+            maximum: 5
+        })
+    );
+    assert_eq!(
+        aliases.receive(&mut Bytes::from_static(b"old/topic"), 3),
+        Ok(())
+    );
+    let resolves = || {
+        let mut topic = Bytes::new();
+        aliases.receive(&mut topic, 3).map(|()| topic)
+    };
+    let old = FakePublish {
+        topic: "old/topic".to_owned(),
+        qos: MqttQoS::AtMostOnce,
+        pkid: 0,
+        dup: false,
+        payload: Bytes::from_static(b"late"),
+    };
+    eventloop.inner_mut().then(FakeEventLoop::break_connection);
+    eventloop.inner_mut().then(move |el| {
+        el.events.push_back(FakeEvent::ConnAck {
+            session_present: true,
+        });
+        Ok(FakeEvent::Publish(old))
+    });
+    eventloop.inner_mut().then(|el| {
+        el.events
+            .pop_front()
+            .ok_or(super::fake::FakeError("no CONNACK queued"))
+    });
+    assert!(eventloop.poll().await.is_err());
+    assert!(matches!(eventloop.poll().await, Ok(FakeEvent::Publish(_))));
+    assert_eq!(resolves(), Ok(Bytes::from_static(b"old/topic")));
+    assert!(matches!(
+        eventloop.poll().await,
+        Ok(FakeEvent::ConnAck { .. })
+    ));
+    assert_eq!(resolves(), Err(Unresolved::Unknown));
 }

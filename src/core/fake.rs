@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use opentelemetry::Context;
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
 use rumqttc::Outgoing;
 
 use super::consume::{Carrier, Delivery};
@@ -15,7 +16,21 @@ use super::correlation::Signal;
 use super::protocol::{Attempt, EventView, Protocol, PublishRequest, PublishView, RequestKind};
 use super::publish::OpenPublish;
 use super::telemetry::Telemetry;
+use crate::instrumentation::Instrumentation;
 use crate::semconv::{ConnectionAttributes, MqttQoS, ProtocolVersion};
+
+/// An instrumentation whose spans go to the returned in-memory exporter, one by one as they
+/// end (keep the provider alive as long as spans are wanted).
+pub(crate) fn recording() -> (Instrumentation, InMemorySpanExporter, SdkTracerProvider) {
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let instrumentation = Instrumentation::builder()
+        .tracer_provider(&provider)
+        .build();
+    (instrumentation, exporter, provider)
+}
 
 /// The fake protocol.
 #[derive(Debug)]
@@ -214,6 +229,16 @@ impl Protocol for Fake {
 
     fn enable_manual_acks(_options: &mut FakeOptions) {}
 
+    /// A client that takes incoming Topic Aliases up to 10, as an MQTT 5 client may announce.
+    fn incoming_alias_maximum(_options: &FakeOptions) -> u16 {
+        10
+    }
+
+    /// A broker that takes Topic Aliases up to 5.
+    fn topic_alias_maximum(event: &FakeEvent) -> Option<u16> {
+        matches!(event, FakeEvent::ConnAck { .. }).then_some(5)
+    }
+
     fn valid_topic(topic: &str) -> bool {
         !topic.contains(['+', '#'])
     }
@@ -369,6 +394,7 @@ impl Protocol for Fake {
             dup: publish.dup,
             pkid: publish.pkid,
             payload: &publish.payload,
+            correlation_data: None,
         }
     }
 

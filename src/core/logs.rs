@@ -1,11 +1,11 @@
 //! The problems the crate meets, as `tracing` events for the application's logs, next to the
 //! span events that record them: `debug` for what hostile or broken input from the network
-//! causes (rejected trace context, malformed envelopes, late acknowledgements), `warn` for a
-//! publish that was lost or failed and for a handler that panicked, `info` for a resend after the
-//! broker lost the session. Nothing is logged on the happy path. Each kind is rate-limited, so a
-//! flood of bad messages cannot flood the logs: at most [`BURST`] events per kind every
-//! [`WINDOW`], and the first event after a quiet spell says how many were left out
-//! (`suppressed`). The crate installs no subscriber.
+//! causes (rejected trace context, malformed envelopes, unknown topic aliases, late
+//! acknowledgements), `warn` for a publish that was lost or failed and for a handler that
+//! panicked, `info` for a resend after the broker lost the session. Nothing is logged on the
+//! happy path. Each kind is rate-limited, so a flood of bad messages cannot flood the logs: at
+//! most [`BURST`] events per kind every [`WINDOW`], and the first event after a quiet spell says
+//! how many were left out (`suppressed`). The crate installs no subscriber.
 
 use std::fmt::Display;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -78,6 +78,7 @@ static LATE_ACK: RateLimit = RateLimit::new();
 static PUBLISH_FAILED: RateLimit = RateLimit::new();
 static RESENT: RateLimit = RateLimit::new();
 static PANICKED: RateLimit = RateLimit::new();
+static ALIAS: RateLimit = RateLimit::new();
 
 // Each function asks its kind's limit first and leaves the level check to the `tracing` macro:
 // a few atomic operations, on paths that are already off the happy one.
@@ -100,6 +101,17 @@ pub(crate) fn carrier_problem(telemetry: &Telemetry, topic: &str, reason: &dyn D
     let client_id = telemetry.connection.client_id();
     tracing::debug!(target: TARGET, client_id, topic, %reason, suppressed,
         "the trace context of a received message could not be read; its payload is delivered unchanged");
+}
+
+/// A received MQTT 5 PUBLISH's Topic Alias named no topic (`reason`: unknown, zero, above the
+/// client's maximum): it is delivered with the topic it came with, which is empty.
+pub(crate) fn unresolved_alias(telemetry: &Telemetry, alias: u16, reason: &str) {
+    let Some(suppressed) = ALIAS.admit() else {
+        return;
+    };
+    let client_id = telemetry.connection.client_id();
+    tracing::debug!(target: TARGET, client_id, topic_alias = alias, reason, suppressed,
+        "a received message's topic alias names no topic");
 }
 
 /// A publish's context could not be carried (its payload could not take an envelope or JSON

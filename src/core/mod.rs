@@ -11,15 +11,19 @@
 //! - `publish`: one publish span's life (start, inject, count, finish); `correlation`: the table
 //!   that matches rumqttc's events to open publishes.
 //! - `consume`: receive and process spans, and the [`Delivery`] of a message.
+//! - `aliases`: MQTT 5 Topic Alias mappings, sent and received; `conversations`: MQTT 5
+//!   requests waiting for replies, which the receive spans of the replies link to.
 //! - `recovery`: what the event loop does around reconnects; `connection`: connection health.
 //! - `blocking`: the blocking adapter the `TracedSyncClient` / `TracedConnection` of each
 //!   version wrap: requests run to their end on the calling thread, the event loop driven by a
 //!   runtime of the connection's own.
 
+mod aliases;
 mod blocking;
 mod client;
 mod connection;
 mod consume;
+mod conversations;
 mod correlation;
 mod event_loop;
 #[cfg(test)]
@@ -34,13 +38,18 @@ mod shared;
 mod telemetry;
 mod tracking;
 
+#[cfg(test)]
+pub(crate) use aliases::TopicAliases;
+pub(crate) use aliases::{Address, Outbound, Refusal};
 pub(crate) use blocking::{Connection, Iter, Wait, wait};
 pub(crate) use client::Client;
 pub(crate) use connection::{feature_error_type, io_error_type};
 pub use consume::Delivery;
-pub(crate) use consume::{Carrier, Processing};
+pub(crate) use consume::{Carrier, Processing, Reception};
 pub(crate) use correlation::{Failure, Signal};
 pub(crate) use event_loop::EventLoop;
+#[cfg(test)]
+pub(crate) use fake::recording;
 pub(crate) use protocol::{Attempt, EventView, Protocol, PublishRequest, PublishView, RequestKind};
 pub(crate) use publish::OpenPublish;
 pub(crate) use shared::Core;

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use opentelemetry::Context;
 use rumqttc::Outgoing;
 
+use super::aliases::{Address, Refusal};
 use super::consume::Delivery;
 use super::correlation::Signal;
 use super::publish::OpenPublish;
@@ -113,6 +114,8 @@ pub(crate) struct PublishView<'a> {
     pub(crate) dup: bool,
     pub(crate) pkid: u16,
     pub(crate) payload: &'a Bytes,
+    /// The Correlation Data (MQTT 5 section 3.3.2.3.6).
+    pub(crate) correlation_data: Option<&'a [u8]>,
 }
 
 impl PublishView<'_> {
@@ -123,6 +126,7 @@ impl PublishView<'_> {
             .with_duplicate(self.dup)
             .with_packet_id(Some(self.pkid))
             .with_sizes(Some(self.payload.len()), None)
+            .with_conversation_id(self.correlation_data)
     }
 }
 
@@ -166,10 +170,33 @@ pub(crate) trait Protocol: Sized + Send + Sync + 'static {
     /// `MqttOptions::set_manual_acks(true)`.
     fn enable_manual_acks(options: &mut Self::Options);
 
+    /// The Topic Alias Maximum the client's CONNECT announces (MQTT 5 section 3.1.2.11.5): the
+    /// highest alias the broker may send it. 0 for MQTT 3.1.1.
+    fn incoming_alias_maximum(_options: &Self::Options) -> u16 {
+        0
+    }
+
     // --- Publishing
 
     /// Whether rumqttc accepts `topic` as a topic name.
     fn valid_topic(topic: &str) -> bool;
+
+    /// What a publish's Topic Alias (MQTT 5 section 3.3.2.3.4) means before its span starts:
+    /// the topic the alias stands for when the topic name is empty; `Err` when the broker would
+    /// take the publish for a protocol error (it is then refused, as an invalid topic name is).
+    /// An alias the current network connection has not been told gets its topic name back.
+    /// Nothing for MQTT 3.1.1.
+    fn address(
+        _telemetry: &Telemetry,
+        _request: &mut PublishRequest<Self>,
+    ) -> Result<Address, Refusal> {
+        Ok(Address::default())
+    }
+
+    /// The Correlation Data of a publish request (MQTT 5 section 3.3.2.3.6).
+    fn request_correlation_data(_request: &PublishRequest<Self>) -> Option<&[u8]> {
+        None
+    }
 
     /// Carries the context of the open publish span (with the baggage of `parent`) in the
     /// request: user properties (MQTT 5), or the payload when MQTT 3.1.1 propagation applies.
@@ -243,6 +270,17 @@ pub(crate) trait Protocol: Sized + Send + Sync + 'static {
 
     /// The `error.type` of a connection error.
     fn error_type(error: &Self::ConnectionError) -> &'static str;
+
+    /// The connection was lost, and rumqttc has put in `pending` what it writes first on the
+    /// next one: makes those publishes valid there (MQTT 5: an alias the next connection does
+    /// not know gets its topic name back, see `TopicAliases::rebase`).
+    fn connection_lost(_telemetry: &Telemetry, _inner: &mut Self::EventLoop) {}
+
+    /// The broker's Topic Alias Maximum in a CONNACK event (MQTT 5 section 3.2.2.3.8, 0 when
+    /// absent); `None` for other events and for MQTT 3.1.1.
+    fn topic_alias_maximum(_event: &Self::Event) -> Option<u16> {
+        None
+    }
 
     /// Whether the error is rumqttc's `ConnectionError::RequestsDone`, the request channel
     /// closed (the blocking `Connection` then returns `RecvError`, as rumqttc's does).

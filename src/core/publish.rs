@@ -8,7 +8,7 @@ use std::time::Instant;
 use opentelemetry::baggage::BaggageExt;
 use opentelemetry::global::BoxedSpan;
 use opentelemetry::propagation::Injector;
-use opentelemetry::trace::{Span, Status, TraceContextExt};
+use opentelemetry::trace::{Span, SpanContext, Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
 use tokio::sync::oneshot;
 
@@ -46,6 +46,15 @@ impl OpenPublish {
         }
     }
 
+    /// The context of the span, when it records (a link to a span that is not exported leads
+    /// nowhere).
+    pub(crate) fn recording_context(&self) -> Option<SpanContext> {
+        self.span
+            .as_ref()
+            .filter(|span| span.is_recording())
+            .map(|span| span.span_context().clone())
+    }
+
     /// Asks to be told how this publish ends: `Ok` when acknowledged (QoS 1 and 2) or written
     /// (QoS 0), `Err(error.type)` otherwise.
     pub(crate) fn watch(&mut self) -> Outcome {
@@ -75,11 +84,14 @@ pub(crate) async fn confirmed<E: Display>(
 }
 
 impl Telemetry {
-    /// Starts the PRODUCER span of a publish as a child of the current context. Returns the
-    /// open span, and the context to inject (the parent's baggage with the new span).
+    /// Starts the PRODUCER span of a publish to `topic` (the topic its Topic Alias stands for,
+    /// when the topic name is empty) as a child of the current context; `conversation_id` is the
+    /// MQTT 5 Correlation Data. Returns the open span, and the context to inject (the parent's
+    /// baggage with the new span).
     pub(crate) fn start_publish(
         &self,
         topic: &str,
+        conversation_id: Option<&[u8]>,
         qos: MqttQoS,
         retain: bool,
         body_size: usize,
@@ -89,7 +101,8 @@ impl Telemetry {
         let facts = MessageFacts::new(topic, qos)
             .with_template(template.map(|t| &*t.filter))
             .with_retained(retain)
-            .with_sizes(Some(body_size), None);
+            .with_sizes(Some(body_size), None)
+            .with_conversation_id(conversation_id);
         let facts = self.sized(facts, None);
         let span = self.start_span(SpanStart {
             operation: Operation::Publish,

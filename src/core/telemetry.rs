@@ -9,6 +9,8 @@ use opentelemetry::global::BoxedSpan;
 use opentelemetry::trace::{Link, Span, SpanContext, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
 
+use super::aliases::TopicAliases;
+use super::conversations::Conversations;
 use crate::hooks::{EndContext, StartContext};
 use crate::instrumentation::{Instrumentation, Settings};
 use crate::metrics::{ConnectionGauges, CounterCell};
@@ -115,6 +117,10 @@ pub(crate) struct Telemetry {
     template_slots: Vec<MetricSlots>,
     untemplated_publish: MetricSlots,
     unsubscribed_receive: MetricSlots,
+    /// MQTT 5 Topic Alias mappings, both ways.
+    pub(crate) aliases: TopicAliases,
+    /// MQTT 5 requests waiting for replies.
+    pub(crate) conversations: Conversations,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -154,6 +160,8 @@ impl Telemetry {
             template_slots,
             untemplated_publish: MetricSlots::default(),
             unsubscribed_receive: MetricSlots::default(),
+            aliases: TopicAliases::default(),
+            conversations: Conversations::default(),
         }
     }
 

@@ -259,7 +259,7 @@ mod tests {
         let (tracker, mut table) = publish_tracking();
         let start = Instant::now();
         let written = |table: &mut PublishTable, pkid| {
-            let (open, _) = telemetry.start_publish("t", MqttQoS::AtLeastOnce, false, 1);
+            let (open, _) = telemetry.start_publish("t", None, MqttQoS::AtLeastOnce, false, 1);
             tracker.hand_over(&telemetry, open);
             table.on_signal(&telemetry, Signal::Written(pkid));
         };

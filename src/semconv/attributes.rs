@@ -2,17 +2,19 @@
 //! [`ServerAddress`]) and of one message ([`MessageFacts`]) turned into span and metric
 //! attributes.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use opentelemetry::{KeyValue, StringValue, Value};
 
 use super::{
     MESSAGING_CLIENT_ID, MESSAGING_CONSUMER_GROUP_NAME, MESSAGING_DESTINATION_NAME,
-    MESSAGING_DESTINATION_TEMPLATE, MESSAGING_MESSAGE_BODY_SIZE, MESSAGING_MESSAGE_ENVELOPE_SIZE,
-    MESSAGING_MQTT_DUPLICATE, MESSAGING_MQTT_PACKET_ID, MESSAGING_MQTT_QOS,
-    MESSAGING_MQTT_RETAINED, MESSAGING_OPERATION_NAME, MESSAGING_OPERATION_TYPE, MESSAGING_SYSTEM,
-    MESSAGING_SYSTEM_VALUE, MqttQoS, NETWORK_PROTOCOL_NAME, NETWORK_PROTOCOL_NAME_VALUE,
-    NETWORK_PROTOCOL_VERSION, Operation, ProtocolVersion, SERVER_ADDRESS, SERVER_PORT,
+    MESSAGING_DESTINATION_TEMPLATE, MESSAGING_MESSAGE_BODY_SIZE, MESSAGING_MESSAGE_CONVERSATION_ID,
+    MESSAGING_MESSAGE_ENVELOPE_SIZE, MESSAGING_MQTT_DUPLICATE, MESSAGING_MQTT_PACKET_ID,
+    MESSAGING_MQTT_QOS, MESSAGING_MQTT_RETAINED, MESSAGING_OPERATION_NAME,
+    MESSAGING_OPERATION_TYPE, MESSAGING_SYSTEM, MESSAGING_SYSTEM_VALUE, MqttQoS,
+    NETWORK_PROTOCOL_NAME, NETWORK_PROTOCOL_NAME_VALUE, NETWORK_PROTOCOL_VERSION, Operation,
+    ProtocolVersion, SERVER_ADDRESS, SERVER_PORT,
 };
 
 /// The broker host and port as `server.address` and `server.port` record them.
@@ -191,7 +193,8 @@ impl ConnectionAttributes {
     }
 
     /// The span attributes that matter only to a span that records: the client id, the network
-    /// protocol, the MQTT flags and the opt-in sizes. `messaging.mqtt.duplicate` only with
+    /// protocol, the MQTT flags, the conversation id (semconv does not list it among the
+    /// attributes a sampler sees) and the opt-in sizes. `messaging.mqtt.duplicate` only with
     /// `with_duplicate`: a publish span records it once, when it ends, because a retransmission
     /// sets it after the span started (and OTLP wants each key once per span).
     pub(crate) fn push_recording_attributes(
@@ -224,6 +227,12 @@ impl ConnectionAttributes {
             attributes.push(KeyValue::new(
                 MESSAGING_MQTT_PACKET_ID,
                 i64::from(packet_id),
+            ));
+        }
+        if let Some(data) = facts.conversation_id.filter(|data| !data.is_empty()) {
+            attributes.push(KeyValue::new(
+                MESSAGING_MESSAGE_CONVERSATION_ID,
+                conversation_id(data).into_owned(),
             ));
         }
         if let Some(size) = facts.body_size {
@@ -314,6 +323,10 @@ pub struct MessageFacts<'a> {
     pub body_size: Option<usize>,
     /// The payload size on the wire (opt-in `messaging.message.envelope.size`).
     pub envelope_size: Option<usize>,
+    /// The MQTT 5 Correlation Data (section 3.3.2.3.6), as bytes; span attributes carry it as
+    /// `messaging.message.conversation_id`, encoded by [`conversation_id`]. Empty data records
+    /// nothing.
+    pub conversation_id: Option<&'a [u8]>,
 }
 
 impl<'a> MessageFacts<'a> {
@@ -329,6 +342,7 @@ impl<'a> MessageFacts<'a> {
             packet_id: None,
             body_size: None,
             envelope_size: None,
+            conversation_id: None,
         }
     }
 
@@ -369,10 +383,73 @@ impl<'a> MessageFacts<'a> {
         self
     }
 
+    /// Sets the conversation id: MQTT 5 Correlation Data, or any identifier of the
+    /// conversation as bytes (a `&str` through `as_bytes()`; UTF-8 is recorded as it is, see
+    /// [`conversation_id`]).
+    pub fn with_conversation_id(mut self, correlation_data: Option<&'a [u8]>) -> Self {
+        self.conversation_id = correlation_data;
+        self
+    }
+
     /// The destination a span name uses: the template when known, the topic otherwise.
     pub fn destination(&self) -> &'a str {
         self.template.unwrap_or(self.topic)
     }
+}
+
+/// The longest `messaging.message.conversation_id` recorded, in bytes: 128.
+///
+/// MQTT 5 Correlation Data may be 65,535 bytes long; the bound keeps a sender from making every
+/// span of a conversation that large.
+pub const CONVERSATION_ID_MAX_LEN: usize = 128;
+
+/// The `messaging.message.conversation_id` of MQTT 5 Correlation Data.
+///
+/// Correlation Data is binary (MQTT 5 section 3.3.2.3.6: "used by the sender of the Request
+/// Message to identify which request the Response Message is for"), and semconv wants a string.
+/// Only the first [`CONVERSATION_ID_MAX_LEN`] bytes count:
+///
+/// - when they are UTF-8 text without control characters (a character cut by the bound is
+///   left out), the text as it is;
+/// - otherwise the lowercase hex of the first `CONVERSATION_ID_MAX_LEN / 2` bytes: binary data,
+///   and also data that happens to be UTF-8 with control characters, such as a big-endian
+///   counter (`[0, 0, 0, 7]` is `00000007`, not three NULs and a BEL).
+///
+/// So the value is never longer than [`CONVERSATION_ID_MAX_LEN`] bytes, and both ends of a
+/// conversation, given the same bytes, record the same string. Text and hex are not told apart
+/// (`ab` is the text "ab" and also the hex of the byte 0xab).
+///
+/// ```
+/// use rumqttc_opentelemetry::semconv::{CONVERSATION_ID_MAX_LEN, conversation_id};
+///
+/// assert_eq!(conversation_id(b"req-42"), "req-42");
+/// assert_eq!(conversation_id(&[0x00, 0xff, 0x10]), "00ff10");
+/// assert_eq!(conversation_id(&7_u32.to_be_bytes()), "00000007");
+/// assert_eq!(conversation_id(&[b'x'; 65_535]).len(), CONVERSATION_ID_MAX_LEN);
+/// assert_eq!(conversation_id(&[0xfe; 65_535]).len(), CONVERSATION_ID_MAX_LEN);
+/// ```
+pub fn conversation_id(correlation_data: &[u8]) -> Cow<'_, str> {
+    let cut = correlation_data.len() > CONVERSATION_ID_MAX_LEN;
+    let head = &correlation_data[..correlation_data.len().min(CONVERSATION_ID_MAX_LEN)];
+    let text = match std::str::from_utf8(head) {
+        Ok(text) => Some(text),
+        // Input that ends inside a character: only the bound's doing when the data went on.
+        Err(error) if cut && error.error_len().is_none() => {
+            std::str::from_utf8(&head[..error.valid_up_to()]).ok()
+        }
+        Err(_) => None,
+    };
+    if let Some(text) = text.filter(|text| !text.chars().any(char::is_control)) {
+        return Cow::Borrowed(text);
+    }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = &head[..head.len().min(CONVERSATION_ID_MAX_LEN / 2)];
+    let mut hex = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        hex.push(char::from(HEX[usize::from(byte >> 4)]));
+        hex.push(char::from(HEX[usize::from(byte & 0x0f)]));
+    }
+    Cow::Owned(hex)
 }
 
 #[cfg(test)]
@@ -510,6 +587,51 @@ mod tests {
             find(&with_topic, MESSAGING_DESTINATION_NAME),
             Some(&"home/dev-123/temperature".into())
         );
+    }
+
+    /// Correlation Data is bytes (MQTT 5 section 3.3.2.3.6); the attribute is a string of at
+    /// most 128 bytes.
+    #[test]
+    fn conversation_ids_are_text_or_hex_and_bounded() {
+        assert_eq!(conversation_id(b"7f3c-request"), "7f3c-request");
+        assert!(matches!(conversation_id(b"text"), Cow::Borrowed(_)));
+        assert_eq!(conversation_id(&[0xde, 0xad, 0xbe, 0xef]), "deadbeef");
+        assert_eq!(conversation_id("réponse-7".as_bytes()), "réponse-7");
+        // UTF-8, but with control characters: a counter, not text.
+        assert_eq!(conversation_id(&[0, 0, 1, 0]), "00000100");
+        assert_eq!(conversation_id(b"a\nb"), "610a62");
+        assert_eq!(conversation_id(&[]), "");
+        // Ends inside a character ("é" is c3 a9) without being cut: not UTF-8.
+        assert_eq!(conversation_id(&[b'a', 0xc3]), "61c3");
+        let long_text = "a".repeat(200);
+        assert_eq!(conversation_id(long_text.as_bytes()), "a".repeat(128));
+        // A two-byte character across the bound is left out whole.
+        let across = format!("{}é", "a".repeat(127));
+        assert_eq!(conversation_id(across.as_bytes()), "a".repeat(127));
+        let binary = vec![0xab; 65_535];
+        assert_eq!(conversation_id(&binary), "ab".repeat(64));
+        // Invalid UTF-8 after the bound does not count.
+        let mut tail = long_text.into_bytes();
+        tail.push(0xff);
+        assert_eq!(conversation_id(&tail), "a".repeat(128));
+    }
+
+    #[test]
+    fn the_conversation_id_is_a_recording_attribute_never_a_metric_one() {
+        let facts = MessageFacts::new("replies/1", MqttQoS::AtLeastOnce)
+            .with_conversation_id(Some(&[0x01, 0x02]));
+        let span = connection().span_attributes(Operation::Receive, &facts);
+        assert_eq!(
+            find(&span, MESSAGING_MESSAGE_CONVERSATION_ID),
+            Some(&"0102".into())
+        );
+        let sampling = connection().sampling_attributes(Operation::Receive, &facts, None);
+        assert_eq!(find(&sampling, MESSAGING_MESSAGE_CONVERSATION_ID), None);
+        let metric = connection().metric_attributes(Operation::Receive, &facts, true);
+        assert_eq!(find(&metric, MESSAGING_MESSAGE_CONVERSATION_ID), None);
+        let empty = facts.with_conversation_id(Some(&[]));
+        let span = connection().span_attributes(Operation::Receive, &empty);
+        assert_eq!(find(&span, MESSAGING_MESSAGE_CONVERSATION_ID), None);
     }
 
     #[test]

@@ -70,6 +70,11 @@ pub const MESSAGING_MESSAGE_BODY_SIZE: &str = "messaging.message.body.size";
 /// `messaging.message.envelope.size` (opt-in): payload size in bytes on the wire, including an
 /// MQTT 3.1.1 propagation envelope when there is one.
 pub const MESSAGING_MESSAGE_ENVELOPE_SIZE: &str = "messaging.message.envelope.size";
+/// `messaging.message.conversation_id`: "the conversation ID identifying the conversation to
+/// which the message belongs, represented as a string. Sometimes called Correlation ID". For
+/// MQTT 5 it is the PUBLISH's Correlation Data (section 3.3.2.3.6) as [`conversation_id`]
+/// encodes it; a span attribute only (it is unbounded, so never a metric attribute).
+pub const MESSAGING_MESSAGE_CONVERSATION_ID: &str = "messaging.message.conversation_id";
 /// `server.address`: the broker host name or IP address (never with user-info).
 pub const SERVER_ADDRESS: &str = "server.address";
 /// `server.port`: the broker port.
@@ -244,9 +249,14 @@ impl Operation {
     }
 
     /// The span name, `{operation name} {destination}`, where the destination is the template
-    /// when one is known and the topic otherwise.
+    /// when one is known and the topic otherwise; only the operation name when the destination
+    /// is empty (semconv: the span name is `{messaging.operation.name}` when no destination is
+    /// available, as for an MQTT 5 PUBLISH whose Topic Alias could not be resolved).
     pub fn span_name(self, destination: &str) -> String {
         let name = self.name();
+        if destination.is_empty() {
+            return name.to_owned();
+        }
         let mut span_name = String::with_capacity(name.len() + 1 + destination.len());
         span_name.push_str(name);
         span_name.push(' ');
@@ -257,7 +267,9 @@ impl Operation {
 
 mod attributes;
 
-pub use attributes::{ConnectionAttributes, MessageFacts, ServerAddress};
+pub use attributes::{
+    CONVERSATION_ID_MAX_LEN, ConnectionAttributes, MessageFacts, ServerAddress, conversation_id,
+};
 
 #[cfg(test)]
 mod tests {
@@ -289,6 +301,10 @@ mod tests {
         assert_eq!(
             MESSAGING_MESSAGE_ENVELOPE_SIZE,
             upstream::MESSAGING_MESSAGE_ENVELOPE_SIZE
+        );
+        assert_eq!(
+            MESSAGING_MESSAGE_CONVERSATION_ID,
+            upstream::MESSAGING_MESSAGE_CONVERSATION_ID
         );
         assert_eq!(SERVER_ADDRESS, upstream::SERVER_ADDRESS);
         assert_eq!(SERVER_PORT, upstream::SERVER_PORT);
@@ -367,5 +383,7 @@ mod tests {
             Operation::Process.span_name("home/+/temperature"),
             "process home/+/temperature"
         );
+        // No destination known: the operation name alone, no trailing space.
+        assert_eq!(Operation::Publish.span_name(""), "publish");
     }
 }

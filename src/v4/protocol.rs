@@ -307,6 +307,7 @@ impl Protocol for V4 {
             dup: publish.dup,
             pkid: publish.pkid,
             payload: &publish.payload,
+            correlation_data: None,
         }
     }
 

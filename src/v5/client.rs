@@ -18,7 +18,11 @@ use crate::instrumentation::Instrumentation;
 /// type, plus a PRODUCER span per publish whose context travels in the message's user
 /// properties (`traceparent`, `tracestate`, `baggage`).
 ///
-/// Clones share one connection, one correlation table and one [`Instrumentation`].
+/// Clones share one connection, one correlation table and one [`Instrumentation`], and its
+/// Topic Alias mappings and the requests waiting for replies (see
+/// [Topic aliases](crate::v5#topic-aliases) and [Request/response](crate::v5#requestresponse)):
+/// a publish that would be a protocol error with its alias is refused as a topic name with a
+/// wildcard is.
 ///
 /// ```no_run
 /// use rumqttc::v5::MqttOptions;

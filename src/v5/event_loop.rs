@@ -13,6 +13,11 @@ use crate::reconnect::ReconnectBackoff;
 /// incoming PUBLISH, feeds the connection-health metrics, and keeps what rumqttc loses around
 /// reconnects (see [`crate::reconnect`]).
 ///
+/// An incoming PUBLISH with an empty topic name and a Topic Alias is handed out with the topic
+/// the alias stands for (see [Topic aliases](crate::v5#topic-aliases)); a reply to a request of
+/// this client has its receive span linked to the request's publish span (see
+/// [Request/response](crate::v5#requestresponse)).
+///
 /// Dropping it ends every publish span still open with `error.type = event_loop_dropped`.
 pub struct TracedEventLoop {
     inner: crate::core::EventLoop<V5>,

@@ -1,21 +1,19 @@
-//! [`V5`]: MQTT 5 for the generic core: rumqttc's `v5` types, context in user properties, and the
-//! names of MQTT 5 reason codes.
+//! [`V5`]: MQTT 5 for the generic core: rumqttc's `v5` types, context in user properties, topic
+//! aliases and request/response (the reason-code names are in `reasons`).
 
 use std::collections::VecDeque;
 
 use opentelemetry::Context;
 use opentelemetry::propagation::Extractor;
+use rumqttc::v5::Request;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{
-    ConnectReturnCode, Filter, Packet, PubAckReason, PubCompReason, PubRecReason, Publish,
-    PublishProperties, SubscribeProperties, SubscribeReasonCode,
-};
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, PublishProperties, SubscribeProperties};
 use rumqttc::v5::{AsyncClient, ClientError, ConnectionError, Event, EventLoop, MqttOptions};
-use rumqttc::v5::{Request, StateError};
 
+use super::reasons::{ack_failure, error_type, pubcomp_failure, pubrec_as_puback, suback_failure};
 use crate::core::{
-    Attempt, Carrier, Delivery, EventView, Failure, OpenPublish, Protocol, PublishRequest,
-    PublishView, RequestKind, Signal, Telemetry, feature_error_type, io_error_type,
+    Address, Attempt, Carrier, Delivery, EventView, OpenPublish, Outbound, Protocol,
+    PublishRequest, PublishView, Reception, Refusal, RequestKind, Signal, Telemetry,
 };
 use crate::propagation::{UserPropertiesExtractor, UserPropertiesInjector};
 use crate::semconv::ConnectionAttributes;
@@ -51,19 +49,67 @@ impl Protocol for V5 {
         options.set_manual_acks(true);
     }
 
+    fn incoming_alias_maximum(options: &MqttOptions) -> u16 {
+        options.topic_alias_max().unwrap_or(0)
+    }
+
     /// rumqttc's rule (no `+` or `#` in a topic name), in one pass over the bytes.
     fn valid_topic(topic: &str) -> bool {
         !topic.bytes().any(|b| b == b'+' || b == b'#')
     }
 
+    /// Without a Topic Alias only an empty topic name is refused (a protocol error, section
+    /// 3.3.2.1), and nothing is locked. With one, see `TopicAliases::send`.
+    fn address(
+        telemetry: &Telemetry,
+        request: &mut PublishRequest<Self>,
+    ) -> Result<Address, Refusal> {
+        let Some(alias) = request
+            .properties
+            .as_ref()
+            .and_then(|properties| properties.topic_alias)
+        else {
+            return match request.topic.is_empty() {
+                true => Err(Refusal::EmptyTopic),
+                false => Ok(Address::default()),
+            };
+        };
+        let mut address = Address::default();
+        match telemetry.aliases.send(&request.topic, alias)? {
+            Outbound::Named => address.sets = Some(alias),
+            Outbound::Aliased(topic) => address.aliased = Some(topic),
+            Outbound::Renamed(topic) => {
+                // Topic and alias: the mapping is set again on this connection.
+                request.topic = topic.to_string();
+                address.sets = Some(alias);
+            }
+        }
+        Ok(address)
+    }
+
+    fn request_correlation_data(request: &PublishRequest<Self>) -> Option<&[u8]> {
+        request.properties.as_ref()?.correlation_data.as_deref()
+    }
+
     /// The context goes into the user properties, after the application's own (which are kept,
     /// in order). A publish without properties gets them only when there is something to carry.
+    /// A request (a Response Topic and Correlation Data, section 4.10) is remembered, so that
+    /// the receive spans of its replies link to its span.
     fn carry(
         telemetry: &Telemetry,
         open: &mut OpenPublish,
         parent: &Context,
         request: &mut PublishRequest<Self>,
     ) {
+        if let Some(properties) = &request.properties
+            && let (Some(response_topic), Some(correlation)) =
+                (&properties.response_topic, &properties.correlation_data)
+            && let Some(publish) = open.recording_context()
+        {
+            telemetry
+                .conversations
+                .request(response_topic, correlation, publish);
+        }
         if request.properties.is_none() && !telemetry.injects(open, parent) {
             return;
         }
@@ -197,6 +243,42 @@ impl Protocol for V5 {
         matches!(error, ConnectionError::RequestsDone)
     }
 
+    /// rumqttc replays what it queued with the topic name and alias it had: an alias alone
+    /// would be unknown on the new connection [MQTT-3.3.2-7], a protocol error that closes it
+    /// again, on every reconnect. The parked collision counts as the oldest.
+    fn connection_lost(telemetry: &Telemetry, inner: &mut EventLoop) {
+        let pending = inner
+            .pending
+            .iter_mut()
+            .filter_map(|request| match request {
+                Request::Publish(publish) => Some(publish),
+                _ => None,
+            });
+        let queued = inner
+            .state
+            .collision
+            .iter_mut()
+            .chain(pending)
+            .filter_map(|publish| {
+                let alias = publish.properties.as_ref()?.topic_alias?;
+                Some((alias, &mut publish.topic))
+            });
+        telemetry.aliases.rebase(queued);
+    }
+
+    fn topic_alias_maximum(event: &Event) -> Option<u16> {
+        match event {
+            Event::Incoming(Packet::ConnAck(connack)) => Some(
+                connack
+                    .properties
+                    .as_ref()
+                    .and_then(|properties| properties.topic_alias_max)
+                    .unwrap_or(0),
+            ),
+            _ => None,
+        }
+    }
+
     fn event(event: &Event) -> EventView<'_> {
         match event {
             Event::Incoming(Packet::ConnAck(connack)) => {
@@ -244,7 +326,23 @@ impl Protocol for V5 {
         }
     }
 
+    /// An empty topic name with a Topic Alias gets the topic the alias stands for, in the
+    /// PUBLISH handed to the application as well (rumqttc 0.25.1 resolves it only in a copy).
+    /// A reply to one of this client's requests links to the request's publish span.
     fn receive(telemetry: &Telemetry, publish: &mut Publish) -> Delivery {
+        let mut reception = Reception::default();
+        if let Some(alias) = publish
+            .properties
+            .as_ref()
+            .and_then(|properties| properties.topic_alias)
+            && let Err(unresolved) = telemetry.aliases.receive(&mut publish.topic, alias)
+        {
+            reception.alias = Some((alias, unresolved));
+        }
+        let view = Self::view(publish);
+        if let Some(correlation) = view.correlation_data {
+            reception.request = telemetry.conversations.reply(&view.topic, correlation);
+        }
         let extractor = publish
             .properties
             .as_ref()
@@ -254,7 +352,7 @@ impl Protocol for V5 {
             envelope_size: None,
             problem: None,
         };
-        telemetry.receive(Self::view(publish).facts(), carrier)
+        telemetry.receive_with(view.facts(), carrier, reception)
     }
 
     fn request_kind(request: &Request) -> RequestKind {
@@ -300,6 +398,10 @@ impl Protocol for V5 {
             dup: publish.dup,
             pkid: publish.pkid,
             payload: &publish.payload,
+            correlation_data: publish
+                .properties
+                .as_ref()
+                .and_then(|properties| properties.correlation_data.as_deref()),
         }
     }
 
@@ -313,145 +415,5 @@ impl Protocol for V5 {
             .properties
             .as_ref()
             .map_or(&[], |properties| &properties.subscription_identifiers)
-    }
-}
-
-/// PUBREC reasons are PUBACK's (MQTT 5 sections 3.4.2.1 and 3.5.2.1 list the same codes).
-fn pubrec_as_puback(reason: PubRecReason) -> PubAckReason {
-    match reason {
-        PubRecReason::Success => PubAckReason::Success,
-        PubRecReason::NoMatchingSubscribers => PubAckReason::NoMatchingSubscribers,
-        PubRecReason::UnspecifiedError => PubAckReason::UnspecifiedError,
-        PubRecReason::ImplementationSpecificError => PubAckReason::ImplementationSpecificError,
-        PubRecReason::NotAuthorized => PubAckReason::NotAuthorized,
-        PubRecReason::TopicNameInvalid => PubAckReason::TopicNameInvalid,
-        PubRecReason::PacketIdentifierInUse => PubAckReason::PacketIdentifierInUse,
-        PubRecReason::QuotaExceeded => PubAckReason::QuotaExceeded,
-        PubRecReason::PayloadFormatInvalid => PubAckReason::PayloadFormatInvalid,
-    }
-}
-
-/// The `error.type` of a PUBACK (or PUBREC) reason, `None` for the two success codes (0x10
-/// "no matching subscribers" is one).
-fn ack_failure(reason: PubAckReason) -> Option<Failure> {
-    let name = match reason {
-        PubAckReason::Success | PubAckReason::NoMatchingSubscribers => return None,
-        PubAckReason::UnspecifiedError => "unspecified_error",
-        PubAckReason::ImplementationSpecificError => "implementation_specific_error",
-        PubAckReason::NotAuthorized => "not_authorized",
-        PubAckReason::TopicNameInvalid => "topic_name_invalid",
-        PubAckReason::PacketIdentifierInUse => "packet_identifier_in_use",
-        PubAckReason::QuotaExceeded => "quota_exceeded",
-        PubAckReason::PayloadFormatInvalid => "payload_format_invalid",
-    };
-    Some(Failure::Reason(name))
-}
-
-/// The `error.type` of a PUBCOMP reason.
-fn pubcomp_failure(reason: PubCompReason) -> Option<Failure> {
-    match reason {
-        PubCompReason::Success => None,
-        PubCompReason::PacketIdentifierNotFound => {
-            Some(Failure::Reason("packet_identifier_not_found"))
-        }
-    }
-}
-
-/// The `error.type`-style name of a refused MQTT 5 subscription, `None` when granted.
-fn suback_failure(code: &SubscribeReasonCode) -> Option<&'static str> {
-    Some(match code {
-        SubscribeReasonCode::Success(_) => return None,
-        SubscribeReasonCode::Failure => "failure",
-        SubscribeReasonCode::Unspecified => "unspecified_error",
-        SubscribeReasonCode::ImplementationSpecific => "implementation_specific_error",
-        SubscribeReasonCode::NotAuthorized => "not_authorized",
-        SubscribeReasonCode::TopicFilterInvalid => "topic_filter_invalid",
-        SubscribeReasonCode::PkidInUse => "packet_identifier_in_use",
-        SubscribeReasonCode::QuotaExceeded => "quota_exceeded",
-        SubscribeReasonCode::SharedSubscriptionsNotSupported => {
-            "shared_subscriptions_not_supported"
-        }
-        SubscribeReasonCode::SubscriptionIdNotSupported => "subscription_identifiers_not_supported",
-        SubscribeReasonCode::WildcardSubscriptionsNotSupported => {
-            "wildcard_subscriptions_not_supported"
-        }
-    })
-}
-
-/// The `error.type` of an MQTT 5 CONNACK reason code.
-fn connack_error_type(code: ConnectReturnCode) -> &'static str {
-    match code {
-        ConnectReturnCode::Success => "connection_refused",
-        ConnectReturnCode::RefusedProtocolVersion => "unsupported_protocol_version",
-        ConnectReturnCode::BadClientId => "client_identifier_not_valid",
-        ConnectReturnCode::ServiceUnavailable => "server_unavailable",
-        ConnectReturnCode::UnspecifiedError => "unspecified_error",
-        ConnectReturnCode::MalformedPacket => "malformed_packet",
-        ConnectReturnCode::ProtocolError => "protocol_error",
-        ConnectReturnCode::ImplementationSpecificError => "implementation_specific_error",
-        ConnectReturnCode::UnsupportedProtocolVersion => "unsupported_protocol_version",
-        ConnectReturnCode::ClientIdentifierNotValid => "client_identifier_not_valid",
-        ConnectReturnCode::BadUserNamePassword => "bad_user_name_or_password",
-        ConnectReturnCode::NotAuthorized => "not_authorized",
-        ConnectReturnCode::ServerUnavailable => "server_unavailable",
-        ConnectReturnCode::ServerBusy => "server_busy",
-        ConnectReturnCode::Banned => "banned",
-        ConnectReturnCode::BadAuthenticationMethod => "bad_authentication_method",
-        ConnectReturnCode::TopicNameInvalid => "topic_name_invalid",
-        ConnectReturnCode::PacketTooLarge => "packet_too_large",
-        ConnectReturnCode::QuotaExceeded => "quota_exceeded",
-        ConnectReturnCode::PayloadFormatInvalid => "payload_format_invalid",
-        ConnectReturnCode::RetainNotSupported => "retain_not_supported",
-        ConnectReturnCode::QoSNotSupported => "qos_not_supported",
-        ConnectReturnCode::UseAnotherServer => "use_another_server",
-        ConnectReturnCode::ServerMoved => "server_moved",
-        ConnectReturnCode::ConnectionRateExceeded => "connection_rate_exceeded",
-    }
-}
-
-/// The `error.type` of a connection error (recorded on connection attempts and lifetimes).
-// The catch-all covers variants that exist only with rumqttc's TLS, WebSocket or proxy features.
-#[allow(unreachable_patterns)]
-fn error_type(error: &ConnectionError) -> &'static str {
-    match error {
-        ConnectionError::MqttState(state) => match state {
-            StateError::Io(io) => io_error_type(io),
-            StateError::AwaitPingResp => "keepalive_timeout",
-            StateError::ConnectionAborted => "connection_closed",
-            StateError::CollisionTimeout => "collision_timeout",
-            // rumqttc reports a connection reset while it reads a packet as a read error.
-            StateError::Deserialization(rumqttc::v5::mqttbytes::Error::Io(io)) => io_error_type(io),
-            StateError::Deserialization(_) => "malformed_packet",
-            StateError::ServerDisconnect { .. } => "server_disconnect",
-            StateError::ConnFail { reason } => connack_error_type(*reason),
-            StateError::OutgoingPacketTooLarge { .. }
-            | StateError::IncomingPacketTooLarge { .. } => "packet_too_large",
-            _ => "protocol_error",
-        },
-        ConnectionError::Timeout(_) => "timeout",
-        ConnectionError::Io(io) => io_error_type(io),
-        ConnectionError::ConnectionRefused(code) => connack_error_type(*code),
-        ConnectionError::NotConnAck(_) => "protocol_error",
-        ConnectionError::RequestsDone => "requests_done",
-        other => feature_error_type(&other.to_string()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A reset that rumqttc meets while reading a packet is a reset, not a malformed packet.
-    #[test]
-    fn a_reset_while_reading_is_a_connection_reset() {
-        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
-        let error = ConnectionError::MqttState(StateError::Deserialization(
-            rumqttc::v5::mqttbytes::Error::Io(reset),
-        ));
-        assert_eq!(V5::error_type(&error), "connection_reset");
-        let malformed = ConnectionError::MqttState(StateError::Deserialization(
-            rumqttc::v5::mqttbytes::Error::MalformedPacket,
-        ));
-        assert_eq!(V5::error_type(&malformed), "malformed_packet");
     }
 }
