@@ -31,7 +31,14 @@ async fn connected(limit: u16) -> Setup {
     let instrumentation = Instrumentation::builder()
         .tracer_provider(&provider)
         .build();
-    let (client, mut eventloop) = Client::<Fake>::new(FakeOptions { limit }, 10, &instrumentation);
+    let (client, mut eventloop) = Client::<Fake>::new(
+        FakeOptions {
+            limit,
+            manual_acks: false,
+        },
+        10,
+        &instrumentation,
+    );
     eventloop.inner_mut().then(|_| {
         Ok(FakeEvent::ConnAck {
             session_present: true,

@@ -173,9 +173,11 @@ pub(crate) fn written(payload: &'static str, pkid: u16) -> FakeRequest {
     })
 }
 
-/// The options of a fake connection: its in-flight limit.
+/// The options of a fake connection: its in-flight limit, and whether the application
+/// acknowledges incoming messages itself.
 pub(crate) struct FakeOptions {
     pub(crate) limit: u16,
+    pub(crate) manual_acks: bool,
 }
 
 impl Protocol for Fake {
@@ -212,7 +214,13 @@ impl Protocol for Fake {
         ConnectionAttributes::new("fake", "broker.test", 1883, ProtocolVersion::V5)
     }
 
-    fn enable_manual_acks(_options: &mut FakeOptions) {}
+    fn enable_manual_acks(options: &mut FakeOptions) {
+        options.manual_acks = true;
+    }
+
+    fn manual_acks(options: &FakeOptions) -> bool {
+        options.manual_acks
+    }
 
     fn valid_topic(topic: &str) -> bool {
         !topic.contains(['+', '#'])
@@ -243,6 +251,10 @@ impl Protocol for Fake {
     }
 
     async fn ack(client: &FakeClient, publish: &FakePublish) -> Result<(), FakeError> {
+        Self::try_ack(client, publish)
+    }
+
+    fn try_ack(client: &FakeClient, publish: &FakePublish) -> Result<(), FakeError> {
         client.push(FakeRequest::PubAck(publish.pkid))
     }
 

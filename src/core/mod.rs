@@ -10,7 +10,8 @@
 //!   publish spans, in the order of rumqttc's request channel).
 //! - `publish`: one publish span's life (start, inject, count, finish); `correlation`: the table
 //!   that matches rumqttc's events to open publishes.
-//! - `consume`: receive and process spans, and the [`Delivery`] of a message.
+//! - `consume`: receive and process spans, and the [`Delivery`] of a message; `settle`: the
+//!   settle span of a manual acknowledgement, and the messages that wait for one.
 //! - `recovery`: what the event loop does around reconnects; `connection`: connection health.
 //! - `blocking`: the blocking adapter the `TracedSyncClient` / `TracedConnection` of each
 //!   version wrap: requests run to their end on the calling thread, the event loop driven by a
@@ -29,6 +30,7 @@ mod fake;
 mod protocol;
 mod publish;
 mod recovery;
+mod settle;
 mod shared;
 mod telemetry;
 mod tracking;
@@ -42,5 +44,6 @@ pub(crate) use correlation::{Failure, Signal};
 pub(crate) use event_loop::EventLoop;
 pub(crate) use protocol::{Attempt, EventView, Protocol, PublishRequest, PublishView, RequestKind};
 pub(crate) use publish::OpenPublish;
+pub(crate) use settle::SettleParent;
 pub(crate) use shared::Core;
 pub(crate) use telemetry::{MetricSlots, Telemetry};

@@ -166,6 +166,10 @@ pub(crate) trait Protocol: Sized + Send + Sync + 'static {
     /// `MqttOptions::set_manual_acks(true)`.
     fn enable_manual_acks(options: &mut Self::Options);
 
+    /// `MqttOptions::manual_acks()`: whether the application acknowledges incoming QoS 1 and 2
+    /// messages itself.
+    fn manual_acks(options: &Self::Options) -> bool;
+
     // --- Publishing
 
     /// Whether rumqttc accepts `topic` as a topic name.
@@ -205,6 +209,12 @@ pub(crate) trait Protocol: Sized + Send + Sync + 'static {
         client: &Self::AsyncClient,
         publish: &Self::Publish,
     ) -> impl Future<Output = Result<(), Self::ClientError>> + Send;
+
+    /// `AsyncClient::try_ack`.
+    fn try_ack(
+        client: &Self::AsyncClient,
+        publish: &Self::Publish,
+    ) -> Result<(), Self::ClientError>;
 
     /// One SUBSCRIBE with `filters`, tagged with subscription identifier `id` (MQTT 5).
     fn subscribe(

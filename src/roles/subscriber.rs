@@ -161,6 +161,12 @@ impl<P: Protocol> SubscriberBuilderCore<P> {
             order,
         } = self;
         let shared = Arc::clone(&publisher.driver.shared);
+        // Settle spans only for `AfterSuccess`; before the connection is first polled.
+        publisher
+            .client
+            .core()
+            .settlements
+            .set_tracking(policy == AckPolicy::AfterSuccess);
         let has_routes = !table.is_empty();
         let table = Arc::new(table);
         let (queue, queued) = mpsc::unbounded_channel();

@@ -18,7 +18,9 @@ use tokio::task::JoinSet;
 use super::AckPolicy;
 use super::schedule::{AckQueue, Lane, Order, RunQueue, Ticket};
 use super::shared::Shared;
-use crate::core::{Client, Core, Delivery, MetricSlots, Processing, Protocol, PublishView};
+use crate::core::{
+    Client, Core, Delivery, MetricSlots, Processing, Protocol, PublishView, SettleParent,
+};
 use crate::error::Error;
 use crate::semconv::MqttQoS;
 use crate::topic::TopicFilterSet;
@@ -363,8 +365,14 @@ pub(crate) async fn work<P: Protocol>(
         }
         // Only on the connection the message came on (see `AckPolicy`).
         while let Some(publish) = acks.pop_ready(shared.epoch()) {
-            // `false`: the event loop is gone, and the message with it.
-            let _ = P::ack(client.inner(), &publish).await;
+            // An error: the event loop is gone, and the message with it.
+            let _ = match settings.policy {
+                // A settle span, child of the message's receive span, as the process spans
+                // have it for their ambient context.
+                AckPolicy::AfterSuccess => client.ack(&publish, SettleParent::Receive).await,
+                // Acknowledgements that are the subscriber's routine: no span per message.
+                AckPolicy::AfterHandler => P::ack(client.inner(), &publish).await,
+            };
         }
         if !open && runs.is_empty() && waiting.is_empty() {
             break;
