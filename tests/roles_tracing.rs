@@ -52,7 +52,7 @@ async fn tracing_spans_in_a_handler_are_children_of_its_process_span() {
                 tracing::info_span!("store_reading", celsius).in_scope(|| {
                     let _ = tx.send(celsius);
                 });
-                Ok::<(), std::io::Error>(())
+                Ok(())
             }
         },
     )

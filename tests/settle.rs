@@ -437,7 +437,7 @@ macro_rules! settle_scenarios {
             .ack_policy(AckPolicy::AfterSuccess)
             .route("tasks/#", QOS1, |message: Message| async move {
                 if message.payload().as_ref() == b"bad" {
-                    return Err(std::io::Error::other("a bad task"));
+                    return Err(std::io::Error::other("a bad task").into());
                 }
                 Ok(())
             })
@@ -506,9 +506,7 @@ macro_rules! settle_scenarios {
                 10,
                 telemetry.instrumentation(),
             )
-            .route("tasks/#", QOS1, |_message: Message| async move {
-                Ok::<(), std::io::Error>(())
-            })
+            .route("tasks/#", QOS1, |_message: Message| async move { Ok(()) })
             .expect("a valid filter")
             .start();
             subscriber.subscribed().await.expect("subscribed");

@@ -5,6 +5,7 @@
 //! - `shared`: what the handles of one connection observe and control of its task.
 //! - `driver`: the task that polls a traced event loop (reconnecting with a pause) and the
 //!   dispatcher that hands incoming messages to the worker.
+//! - `handler`: what a handler returns (`()` or a `HandlerResult`), and its error type.
 //! - `worker`: the routes, and the task that runs the handlers of up to `concurrency` messages
 //!   at a time inside `process` spans, then acknowledges.
 //! - `schedule`: which waiting message may start next (per topic in arrival order, or any) and
@@ -12,6 +13,7 @@
 //! - `publisher`, `subscriber`: the version-independent halves of the roles.
 
 mod driver;
+mod handler;
 pub(crate) mod publisher;
 mod schedule;
 mod shared;
@@ -19,6 +21,8 @@ pub(crate) mod subscriber;
 pub(crate) mod worker;
 
 use std::time::Duration;
+
+pub use handler::{HandlerError, HandlerOutput, HandlerResult};
 
 /// When a [`TracedSubscriber`](crate::v5::TracedSubscriber) acknowledges a QoS 1 or QoS 2
 /// message (PUBACK / PUBREC).

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::AckPolicy;
+use super::handler::HandlerResult;
 use super::schedule::{AckQueue, Lane, Order, RunQueue, Ticket};
 use super::shared::Shared;
 use crate::core::{
@@ -34,26 +35,8 @@ pub(crate) const CANCELLED: &str = "cancelled";
 /// `error.type` of a message that arrived after `shutdown` began: no handler runs.
 pub(crate) const SHUTTING_DOWN: &str = "shutting_down";
 
-/// How a handler failed, ready for the `process` span.
-#[derive(Debug)]
-pub(crate) struct HandlerFailure {
-    error_type: &'static str,
-    message: String,
-}
-
-impl HandlerFailure {
-    /// A handler error of type `E`: `error.type` is the type's name.
-    pub(crate) fn new<E: Display>(error: &E) -> Self {
-        Self {
-            error_type: std::any::type_name::<E>(),
-            message: error.to_string(),
-        }
-    }
-}
-
 /// The boxed future of one handler run.
-pub(crate) type HandlerFuture =
-    Pin<Box<dyn Future<Output = Result<(), HandlerFailure>> + Send + 'static>>;
+pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = HandlerResult> + Send + 'static>>;
 
 /// A handler, type-erased.
 pub(crate) type Handler<P> = Arc<dyn Fn(Incoming<P>) -> HandlerFuture + Send + Sync + 'static>;
@@ -266,7 +249,7 @@ async fn run<P: Protocol>(
         Ok(Err(failure)) => {
             core.telemetry.end_process(
                 processing,
-                Some((failure.error_type, &failure.message as &dyn Display)),
+                Some((failure.error_type(), &failure.message() as &dyn Display)),
             );
             false
         }
@@ -522,12 +505,5 @@ mod tests {
         assert_eq!(panic_message(Box::new("static text")), "static text");
         assert_eq!(panic_message(Box::new(String::from("owned"))), "owned");
         assert_eq!(panic_message(Box::new(42_u8)), "the handler panicked");
-    }
-
-    #[test]
-    fn a_handler_error_is_named_after_its_type() {
-        let failure = HandlerFailure::new(&std::io::Error::other("disk full"));
-        assert_eq!(failure.error_type, "std::io::error::Error");
-        assert_eq!(failure.message, "disk full");
     }
 }
