@@ -10,9 +10,11 @@
 //! `ack {destination}` ("Span name": the destination template when known, else the topic), and
 //! "'Settle' spans SHOULD be created for every manually or automatically triggered settlement
 //! operation". The acknowledgement of a QoS 0 message is nothing (rumqttc sends no packet), so
-//! it records nothing. rumqttc's automatic acknowledgements are written inside its event loop,
-//! with no call to observe: with manual acknowledgements off, nothing is recorded and nothing is
-//! remembered per message.
+//! it records nothing. rumqttc writes its automatic acknowledgements inside its event loop;
+//! semconv's SHOULD covers those too, but this crate records none, by choice: the default path
+//! would pay a span and a measurement per message for a settlement the application did not make
+//! and the receive span already implies. With manual acknowledgements off nothing is recorded
+//! and nothing is remembered per message (`AckPolicy::AfterHandler` of the subscriber likewise).
 //!
 //! # How the span relates to the message
 //!
