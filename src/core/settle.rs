@@ -39,10 +39,10 @@
 //! has its packet id; it records its span without a link. (An empty payload has no buffer of its
 //! own, so two messages with empty payloads, the same packet id and topics of one length are
 //! told apart only by their connection.) A `Publish` the application rebuilds instead of the one
-//! it was handed is not recognised either: its span has no link. The map holds one entry per packet id
-//! at most (a new message with the packet id of an unacknowledged one replaces it; the broker
-//! reuses a packet id only once it was acknowledged), so it is bounded by the broker's window of
-//! unacknowledged messages per connection, and never above [`AWAITING_MAX`].
+//! it was handed is not recognised either: its span has no link. The map holds one entry per
+//! packet id at most (a new message with the packet id of an unacknowledged one replaces it; the
+//! broker reuses a packet id only once it was acknowledged), so it is bounded by the broker's
+//! window of unacknowledged messages per connection, and never above [`AWAITING_MAX`].
 //!
 //! # When the span ends
 //!
