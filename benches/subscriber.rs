@@ -241,10 +241,7 @@ impl Subscriber {
                 let subscriber = builder
                     .route(filter, QoS::AtLeastOnce, move |message: Message| {
                         let tally = Arc::clone(&tally);
-                        async move {
-                            tally.handle(message.payload(), pause).await;
-                            Ok::<(), std::io::Error>(())
-                        }
+                        async move { tally.handle(message.payload(), pause).await }
                     })
                     .map_err(|error| error.to_string())?
                     .start();

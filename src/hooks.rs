@@ -1,7 +1,7 @@
-//! Hooks at the start and the end of the spans this crate records (publish, receive, process),
-//! in the style of tower-http's `MakeSpan` / `OnResponse` and reqwest-tracing's span backend: a
-//! small trait per moment, implemented for closures and for `()` (no hook), with the crate's own
-//! defaults public so that a hook can build on them.
+//! Hooks at the start and the end of the spans this crate records (publish, receive, process,
+//! settle), in the style of tower-http's `MakeSpan` / `OnResponse` and reqwest-tracing's span
+//! backend: a small trait per moment, implemented for closures and for `()` (no hook), with the
+//! crate's own defaults public so that a hook can build on them.
 //!
 //! - [`OnStart`] runs before a span starts: it sees the operation and the facts of the message
 //!   (never the payload), may add attributes (given to the sampler with the span's own) and may

@@ -43,6 +43,7 @@
 //! | a publish | PRODUCER | `publish {destination}` | `send` / `publish` |
 //! | a PUBLISH handed out by `TracedEventLoop::poll()` | CLIENT | `receive {destination}` | `receive` / `receive` |
 //! | a handler run by a subscriber | CONSUMER | `process {filter}` | `process` / `process` |
+//! | a manual acknowledgement, `ack(&publish)` | CLIENT | `ack {destination}` | `settle` / `ack` |
 //!
 //! `{destination}` is the subscription filter that matched, or a publisher template configured
 //! with [`InstrumentationBuilder::publish_template`], else the topic.
@@ -54,6 +55,12 @@
 //! session ends with `error.type = session_lost`, one never acknowledged within the bound with
 //! `ack_timeout`, one still open when the event loop is dropped with `event_loop_dropped`: no span
 //! is left open and the correlation table cannot grow without bound.
+//!
+//! An `ack` span is recorded with rumqttc's manual acknowledgements on
+//! (`MqttOptions::set_manual_acks(true)`, see [`v5::TracedClient::ack`]) and for the
+//! acknowledgements of a subscriber with [`v5::AckPolicy::AfterSuccess`]; it links to the
+//! message's receive span and creation context, and ends when rumqttc has taken the
+//! acknowledgement.
 //!
 //! Publish spans are matched to rumqttc's events by the order of its request channel and by
 //! packet id, exactly, also with several tasks publishing through clones of one client, packet

@@ -46,7 +46,7 @@ async fn subscriber(
                 .unwrap()
                 .push((message.topic().to_owned(), creation));
             if message.topic() == "home/fail" {
-                return Err(std::io::Error::other("refused"));
+                return Err(std::io::Error::other("refused").into());
             }
             Ok(())
         }

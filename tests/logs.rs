@@ -102,7 +102,7 @@ async fn subscriber(
         async move {
             count.fetch_add(1, Ordering::SeqCst);
             assert_ne!(message.topic(), "logs/panic", "the handler gives up");
-            Ok::<(), std::io::Error>(())
+            Ok(())
         }
     };
     let subscriber = TracedSubscriber::builder_with_instrumentation(

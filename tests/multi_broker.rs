@@ -62,7 +62,7 @@ macro_rules! bridge_tests {
             )
             .route("bridge/#", QoS::AtLeastOnce, move |message: Message| {
                 seen.lock().unwrap().push(message.payload().to_vec());
-                std::future::ready(Ok::<(), std::io::Error>(()))
+                std::future::ready(Ok(()))
             })
             .expect("valid filter")
             .start();
@@ -140,7 +140,7 @@ async fn share_consumer_process() {
         log.instrumentation(),
     )
     .route(SHARED_FILTER, QoS::AtLeastOnce, |_message: Message| {
-        std::future::ready(Ok::<(), std::io::Error>(()))
+        std::future::ready(Ok(()))
     })
     .expect("valid filter")
     .start();

@@ -81,7 +81,8 @@ async fn a_gateway_forwards_the_random_flag_and_the_whole_tracestate() {
                 let payload = message.payload().clone();
                 publisher
                     .publish("gw/out", QoS::AtLeastOnce, false, payload)
-                    .await
+                    .await?;
+                Ok(())
             }
         })
         .expect("a valid filter")

@@ -73,7 +73,7 @@ async fn responder(broker: &Broker, telemetry: &Telemetry) -> TracedSubscriber {
                         )
                         .await?;
                 }
-                Ok::<(), rumqttc::v5::ClientError>(())
+                Ok(())
             }
         })
         .expect("a valid filter")

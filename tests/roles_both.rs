@@ -73,7 +73,7 @@ fn current_span_id() -> SpanId {
 mod v4_kit {
     pub use rumqttc::{MqttOptions, QoS};
     pub use rumqttc_opentelemetry::v4::{
-        AckPolicy, Message, RetryPolicy, TracedPublisher, TracedSubscriber,
+        AckPolicy, HandlerResult, Message, RetryPolicy, TracedPublisher, TracedSubscriber,
     };
     use rumqttc_opentelemetry::{Instrumentation, V4Propagation};
 
@@ -115,7 +115,7 @@ mod v5_kit {
     pub use rumqttc::v5::mqttbytes::QoS;
     use rumqttc_opentelemetry::Instrumentation;
     pub use rumqttc_opentelemetry::v5::{
-        AckPolicy, Message, RetryPolicy, TracedPublisher, TracedSubscriber,
+        AckPolicy, HandlerResult, Message, RetryPolicy, TracedPublisher, TracedSubscriber,
     };
 
     use super::common::telemetry::Telemetry;
@@ -182,7 +182,7 @@ macro_rules! role_tests {
         /// A handler that reports every message it gets.
         fn collector(
             tx: mpsc::UnboundedSender<Seen>,
-        ) -> impl Fn(Message) -> std::future::Ready<Result<(), std::io::Error>> + Send + Sync + 'static
+        ) -> impl Fn(Message) -> std::future::Ready<kit::HandlerResult> + Send + Sync + 'static
         {
             move |message| {
                 let _ = tx.send(seen(&message));
@@ -224,7 +224,7 @@ macro_rules! role_tests {
                 async move {
                     let _ = tx.send((message.topic().to_string(), current_span_id()));
                     if message.payload().as_ref() == b"bad" {
-                        return Err(std::io::Error::other("sensor value out of range"));
+                        return Err(std::io::Error::other("sensor value out of range").into());
                     }
                     Ok(())
                 }
@@ -300,7 +300,7 @@ macro_rules! role_tests {
                         panic!("handler exploded on boom");
                     }
                     let _ = tx.send(message.topic().to_string());
-                    Ok::<(), std::io::Error>(())
+                    Ok(())
                 }
             })
             .expect("valid filter")
@@ -446,7 +446,7 @@ macro_rules! role_tests {
                         message.duplicate(),
                     ));
                     if run == 0 {
-                        return Err(std::io::Error::other("database unavailable"));
+                        return Err(std::io::Error::other("database unavailable").into());
                     }
                     Ok(())
                 }
@@ -503,7 +503,7 @@ macro_rules! role_tests {
                     if let Ok(mut seen) = seen_by_handler.lock() {
                         seen.insert(String::from_utf8_lossy(message.payload()).into_owned());
                     }
-                    std::future::ready(Ok::<(), std::io::Error>(()))
+                    std::future::ready(Ok(()))
                 })
                 .expect("valid filter")
                 .start();
@@ -694,7 +694,8 @@ macro_rules! role_tests {
                     async move {
                         forward
                             .publish("out/x", QoS::AtLeastOnce, false, message.payload().clone())
-                            .await
+                            .await?;
+                        Ok(())
                     }
                 })
                 .expect("valid filter")
@@ -729,7 +730,8 @@ macro_rules! role_tests {
                         let topic = message.topic().replacen("in/", "out/", 1);
                         upstream
                             .publish(topic, QoS::AtLeastOnce, false, message.payload().clone())
-                            .await
+                            .await?;
+                        Ok(())
                     }
                 })
                 .expect("valid filter")

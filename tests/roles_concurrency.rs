@@ -293,7 +293,7 @@ macro_rules! concurrency_tests {
         use super::*;
         use kit::{AckPolicy, Message, QoS, SubscriberBuilder, TracedPublisher, TracedSubscriber};
 
-        type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), std::io::Error>> + Send>>;
+        type HandlerFuture = Pin<Box<dyn Future<Output = kit::HandlerResult> + Send>>;
 
         /// A handler that reports to `probe`, waits at its payload's gate, fails the first
         /// run of a payload starting with `fail` and panics on one starting with `panic`.
@@ -316,7 +316,7 @@ macro_rules! concurrency_tests {
                     drop(running);
                     probe.end(&payload);
                     if payload.starts_with("fail") && runs == 1 {
-                        return Err(std::io::Error::other("refused the first time"));
+                        return Err(std::io::Error::other("refused the first time").into());
                     }
                     Ok(())
                 })

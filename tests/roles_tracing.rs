@@ -21,7 +21,7 @@ use opentelemetry::trace::{SpanKind, TracerProvider as _};
 use opentelemetry_sdk::trace::SpanData;
 use rumqttc::v5::MqttOptions;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc_opentelemetry::v5::{Message, TracedPublisher, TracedSubscriber};
+use rumqttc_opentelemetry::v5::{HandlerResult, Message, TracedPublisher, TracedSubscriber};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -106,7 +106,7 @@ async fn process_and(topic: &str, name: &str) -> (SpanData, Vec<SpanData>) {
 async fn handle_one<F, Fut>(topic: &'static str, payload: &'static str, on: bool, handler: F)
 where
     F: Fn(Message, mpsc::UnboundedSender<()>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), std::io::Error>> + Send + 'static,
+    Fut: Future<Output = HandlerResult> + Send + 'static,
 {
     let broker = Broker::start();
     let telemetry = telemetry();
@@ -138,10 +138,7 @@ where
 }
 
 /// A handler that logs `stored` outside any span of its own.
-async fn log_stored(
-    message: Message,
-    done: mpsc::UnboundedSender<()>,
-) -> Result<(), std::io::Error> {
+async fn log_stored(message: Message, done: mpsc::UnboundedSender<()>) -> HandlerResult {
     tokio::task::yield_now().await;
     tracing::info!(bytes = message.payload().len(), "stored");
     let _ = done.send(());

@@ -52,7 +52,7 @@ async fn by_default_a_failed_message_is_acknowledged_after_its_handler() {
     )
     .route("jobs/+", QoS::AtLeastOnce, move |message: Message| {
         let _ = tx.send(message.topic().to_owned());
-        std::future::ready(Err::<(), _>(std::io::Error::other("always fails")))
+        std::future::ready(Err(std::io::Error::other("always fails").into()))
     })
     .expect("valid filter")
     .start();
@@ -95,7 +95,7 @@ async fn an_enveloped_payload_is_stripped_and_clearing_retained_refuses_to_envel
     )
     .route("status/+", QoS::AtLeastOnce, move |message: Message| {
         let _ = tx.send((message.payload().clone(), message.retained()));
-        std::future::ready(Ok::<(), std::io::Error>(()))
+        std::future::ready(Ok(()))
     })
     .expect("valid filter")
     .start();

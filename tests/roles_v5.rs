@@ -160,7 +160,7 @@ async fn link_mode_parents_the_process_span_on_the_receive_span_and_links_the_pr
         QoS::AtLeastOnce,
         move |message: Message| {
             let _ = tx.send(message.topic().to_owned());
-            std::future::ready(Ok::<(), std::io::Error>(()))
+            std::future::ready(Ok(()))
         },
     )
     .expect("valid filter")
@@ -221,7 +221,7 @@ async fn a_copy_for_a_subscription_that_is_no_route_runs_nothing_and_is_acknowle
     )
     .route("a/+", QoS::AtLeastOnce, move |message: Message| {
         let _ = tx.send(message.topic().to_owned());
-        std::future::ready(Ok::<(), std::io::Error>(()))
+        std::future::ready(Ok(()))
     })
     .expect("valid filter")
     .start();
@@ -302,7 +302,7 @@ async fn qos0_messages_beyond_the_queue_capacity_are_shed_visibly() {
             if let Some(gate) = gate {
                 let _ = gate.await;
             }
-            Ok::<(), std::io::Error>(())
+            Ok(())
         }
     })
     .expect("valid filter")
@@ -363,7 +363,7 @@ async fn process_metrics_carry_the_consumer_group_and_the_error_type() {
                     panic!("boom");
                 }
                 let _ = tx.send(message.topic().to_owned());
-                Ok::<(), std::io::Error>(())
+                Ok(())
             }
         },
     )

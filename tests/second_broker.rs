@@ -52,8 +52,7 @@ macro_rules! shared_scenarios {
 
         fn collector(
             tx: Arc<Mutex<Vec<Seen>>>,
-        ) -> impl Fn(Message) -> std::future::Ready<Result<(), std::io::Error>> + Send + Sync + 'static
-        {
+        ) -> impl Fn(Message) -> std::future::Ready<kit::HandlerResult> + Send + Sync + 'static {
             move |message| {
                 tx.lock().unwrap().push((
                     message.topic().to_string(),
@@ -72,11 +71,14 @@ macro_rules! shared_scenarios {
         ) -> (TracedSubscriber, Arc<Mutex<Vec<Seen>>>) {
             let seen = Arc::new(Mutex::new(Vec::new()));
             let _ = broker;
-            let subscriber =
-                TracedSubscriber::builder_with_instrumentation(options, 10, kit::instrumentation(telemetry))
-                    .route(filter, QoS::AtLeastOnce, collector(Arc::clone(&seen)))
-                    .expect("valid filter")
-                    .start();
+            let subscriber = TracedSubscriber::builder_with_instrumentation(
+                options,
+                10,
+                kit::instrumentation(telemetry),
+            )
+            .route(filter, QoS::AtLeastOnce, collector(Arc::clone(&seen)))
+            .expect("valid filter")
+            .start();
             subscriber.subscribed().await.expect("subscribed");
             (subscriber, seen)
         }
@@ -121,10 +123,18 @@ macro_rules! shared_scenarios {
                     produced[0].span_context.trace_id(),
                     "{topic}: one trace"
                 );
-                assert_eq!(processed[0].parent_span_id, produced[0].span_context.span_id());
+                assert_eq!(
+                    processed[0].parent_span_id,
+                    produced[0].span_context.span_id()
+                );
             }
             wait_until("three messages", || seen.lock().unwrap().len() == 3).await;
-            assert!(seen.lock().unwrap().iter().all(|(_, payload, _)| payload == b"21.5"));
+            assert!(
+                seen.lock()
+                    .unwrap()
+                    .iter()
+                    .all(|(_, payload, _)| payload == b"21.5")
+            );
             assert_unique_attribute_keys(&telemetry.spans());
             publisher.shutdown().await;
             subscriber.shutdown().await;
@@ -159,10 +169,18 @@ macro_rules! shared_scenarios {
                 .await
                 .expect("acknowledged");
             wait_until("the marker", || {
-                seen.lock().unwrap().iter().any(|(topic, _, _)| topic == "away/marker")
+                seen.lock()
+                    .unwrap()
+                    .iter()
+                    .any(|(topic, _, _)| topic == "away/marker")
             })
             .await;
-            let topics: Vec<String> = seen.lock().unwrap().iter().map(|(t, _, _)| t.clone()).collect();
+            let topics: Vec<String> = seen
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(t, _, _)| t.clone())
+                .collect();
             for topic in &topics {
                 let processed = telemetry.wait_spans(SpanKind::Consumer, topic, 1).await;
                 let produced = telemetry.spans_on(SpanKind::Producer, topic);
@@ -177,7 +195,10 @@ macro_rules! shared_scenarios {
         }
 
         fn queued_topics() -> Vec<String> {
-            (0..5).map(|i| format!("away/{i}")).chain(["away/marker".to_owned()]).collect()
+            (0..5)
+                .map(|i| format!("away/{i}"))
+                .chain(["away/marker".to_owned()])
+                .collect()
         }
 
         /// MQTT section 3.3.1.3: a retained message is sent to a subscriber that subscribes
@@ -204,7 +225,10 @@ macro_rules! shared_scenarios {
                 .await
                 .expect("acknowledged");
             wait_until("the marker", || {
-                seen.lock().unwrap().iter().any(|(topic, _, _)| topic == "kept/marker")
+                seen.lock()
+                    .unwrap()
+                    .iter()
+                    .any(|(topic, _, _)| topic == "kept/marker")
             })
             .await;
             let seen = seen.lock().unwrap().clone();
@@ -278,7 +302,7 @@ macro_rules! shared_scenarios {
                     runs.lock()
                         .unwrap()
                         .push((message.route().to_owned(), message.topic().to_string()));
-                    std::future::ready(Ok::<(), std::io::Error>(()))
+                    std::future::ready(Ok(()))
                 }
             };
             let subscriber = TracedSubscriber::builder_with_instrumentation(
@@ -299,7 +323,10 @@ macro_rules! shared_scenarios {
                     .expect("acknowledged");
             }
             wait_until("the marker", || {
-                runs.lock().unwrap().iter().any(|(_, topic)| topic == "ov/end")
+                runs.lock()
+                    .unwrap()
+                    .iter()
+                    .any(|(_, topic)| topic == "ov/end")
             })
             .await;
             publisher.shutdown().await;
@@ -325,8 +352,14 @@ macro_rules! shared_scenarios {
         #[tokio::test(flavor = "multi_thread")]
         async fn a_retained_message_reaches_a_late_subscriber() {
             let (seen, produced, processed) = retained_message_scenario().await;
-            assert!(seen.contains(&("kept/state".into(), b"on".to_vec(), true)), "{seen:?}");
-            assert_eq!(processed[0].span_context.trace_id(), produced[0].span_context.trace_id());
+            assert!(
+                seen.contains(&("kept/state".into(), b"on".to_vec(), true)),
+                "{seen:?}"
+            );
+            assert_eq!(
+                processed[0].span_context.trace_id(),
+                produced[0].span_context.trace_id()
+            );
         }
 
         #[tokio::test(flavor = "multi_thread")]
@@ -373,7 +406,7 @@ macro_rules! v5_scenarios {
                 sink.lock()
                     .unwrap()
                     .push(message.user_properties().to_vec());
-                std::future::ready(Ok::<(), std::io::Error>(()))
+                std::future::ready(Ok(()))
             })
             .expect("valid filter")
             .start();

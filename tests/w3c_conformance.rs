@@ -273,7 +273,7 @@ async fn mqtt5_service(broker: &Broker) -> Mqtt5Service {
                 if let Some(sender) = sender {
                     let _ = sender.send(response);
                 }
-                Ok::<(), std::io::Error>(())
+                Ok(())
             }
         },
     )

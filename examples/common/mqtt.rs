@@ -327,11 +327,13 @@ impl Subscriber {
                     filter,
                     rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
                     move |message: v5::Message| {
-                        handler(Incoming {
+                        let run = handler(Incoming {
                             topic: message.topic().to_owned(),
                             payload: message.payload().clone(),
                             retained: message.retained(),
-                        })
+                        });
+                        // `?` keeps the type name `HandlerError` for `error.type`.
+                        async move { Ok(run.await?) }
                     },
                 )?;
                 Self::V5(builder.start())
@@ -347,11 +349,13 @@ impl Subscriber {
                     filter,
                     rumqttc::QoS::AtLeastOnce,
                     move |message: v4::Message| {
-                        handler(Incoming {
+                        let run = handler(Incoming {
                             topic: message.topic().to_owned(),
                             payload: message.payload().clone(),
                             retained: message.retained(),
-                        })
+                        });
+                        // `?` keeps the type name `HandlerError` for `error.type`.
+                        async move { Ok(run.await?) }
                     },
                 )?;
                 Self::V4(builder.start())

@@ -19,7 +19,14 @@ const DEADLINE: Duration = Duration::from_secs(10);
 
 fn connection() -> (Client<Fake>, Connection<Fake>) {
     let instrumentation = Instrumentation::builder().build();
-    let (client, event_loop) = Client::<Fake>::new(FakeOptions { limit: 10 }, 10, &instrumentation);
+    let (client, event_loop) = Client::<Fake>::new(
+        FakeOptions {
+            limit: 10,
+            manual_acks: false,
+        },
+        10,
+        &instrumentation,
+    );
     (client, Connection::new(event_loop))
 }
 

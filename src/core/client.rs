@@ -1,6 +1,7 @@
 //! [`Client`]: the traced client, written once for both MQTT versions: a publish starts its span,
 //! carries its context, and is handed to rumqttc in the order the event loop will see it;
-//! subscriptions are remembered to name receive spans.
+//! subscriptions are remembered to name receive spans; a manual acknowledgement records its
+//! settle span (`super::settle`).
 
 use std::fmt;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use super::aliases::{Address, Refusal, TopicAliases};
 use super::event_loop::EventLoop;
 use super::protocol::{Attempt, Protocol, PublishRequest};
 use super::publish::{OpenPublish, confirmed};
+use super::settle::SettleParent;
 use super::shared::Core;
 use crate::error::Error;
 use crate::instrumentation::Instrumentation;
@@ -52,7 +54,11 @@ impl<P: Protocol> Client<P> {
         cap: usize,
         instrumentation: &Instrumentation,
     ) -> (Self, EventLoop<P>) {
-        let (mut core, table) = Core::new(instrumentation, P::connection(&options));
+        let (mut core, table) = Core::new(
+            instrumentation,
+            P::connection(&options),
+            P::manual_acks(&options),
+        );
         core.telemetry.aliases = TopicAliases::new(P::incoming_alias_maximum(&options));
         let core = Arc::new(core);
         let (inner, eventloop) = P::new_client(options, cap);
@@ -163,6 +169,43 @@ impl<P: Protocol> Client<P> {
             telemetry.aliases.not_sent(&address);
         }
         sent
+    }
+
+    /// `AsyncClient::ack`: with manual acknowledgements on, the CLIENT `ack {destination}`
+    /// settle span (parent by `parent`) and its duration measurement, ending when rumqttc took
+    /// the acknowledgement or refused it.
+    pub(crate) async fn ack(
+        &self,
+        publish: &P::Publish,
+        parent: SettleParent,
+    ) -> Result<(), P::ClientError> {
+        let telemetry = &self.core.telemetry;
+        let open = self.core.settlements.start::<P>(telemetry, publish, parent);
+        let acked = P::ack(&self.inner, publish).await;
+        if let Some(open) = open {
+            open.end(
+                telemetry,
+                acked.as_ref().err().map(|e| e as &dyn fmt::Display),
+            );
+        }
+        acked
+    }
+
+    /// `AsyncClient::try_ack`, with its settle span as [`Client::ack`].
+    pub(crate) fn try_ack(&self, publish: &P::Publish) -> Result<(), P::ClientError> {
+        let telemetry = &self.core.telemetry;
+        let open = self
+            .core
+            .settlements
+            .start::<P>(telemetry, publish, SettleParent::Ambient);
+        let acked = P::try_ack(&self.inner, publish);
+        if let Some(open) = open {
+            open.end(
+                telemetry,
+                acked.as_ref().err().map(|e| e as &dyn fmt::Display),
+            );
+        }
+        acked
     }
 
     /// Remembers a filter subscribed through this client: it names the receive spans of the

@@ -1,7 +1,7 @@
 //! [`EventLoop`]: the traced event loop, written once for both MQTT versions. It polls rumqttc's
 //! event loop and, on the way, ends publish spans at their acknowledgement, records a receive
-//! span per incoming PUBLISH, feeds the connection-health metrics, and recovers what rumqttc
-//! loses around reconnects.
+//! span per incoming PUBLISH (remembering it when the application will acknowledge it), feeds
+//! the connection-health metrics, and recovers what rumqttc loses around reconnects.
 
 use std::fmt;
 use std::sync::Arc;
@@ -133,6 +133,7 @@ impl<P: Protocol> EventLoop<P> {
                 P::connection_lost(telemetry, &mut self.inner);
                 self.recovery.after_error(&mut self.inner, attempt);
                 self.connection.on_error(telemetry, P::error_type(error));
+                self.core.settlements.connection_ended();
                 self.publishes.on_connection_lost(
                     telemetry,
                     P::queued_events(&self.inner)
@@ -202,9 +203,12 @@ impl<P: Protocol> EventLoop<P> {
             self.publishes.on_signal(telemetry, signal);
         }
         self.publishes.after_poll(telemetry, keep_alive);
-        if incoming {
-            self.delivery =
-                P::incoming_publish(event).map(|publish| P::receive(telemetry, publish));
+        if incoming && let Some(publish) = P::incoming_publish(event) {
+            let delivery = P::receive(telemetry, publish);
+            self.core
+                .settlements
+                .received::<P>(telemetry, publish, &delivery);
+            self.delivery = Some(delivery);
         }
         result
     }
@@ -224,5 +228,6 @@ impl<P: Protocol> Drop for EventLoop<P> {
         let telemetry = &self.core.telemetry;
         self.connection.close(telemetry);
         self.publishes.close(telemetry, Failure::EventLoopDropped);
+        self.core.settlements.connection_ended();
     }
 }

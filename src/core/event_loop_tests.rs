@@ -26,7 +26,14 @@ struct Setup {
 /// A connected fake client with in-flight limit `limit`.
 async fn connected(limit: u16) -> Setup {
     let (instrumentation, exporter, provider) = recording();
-    let (client, mut eventloop) = Client::<Fake>::new(FakeOptions { limit }, 10, &instrumentation);
+    let (client, mut eventloop) = Client::<Fake>::new(
+        FakeOptions {
+            limit,
+            manual_acks: false,
+        },
+        10,
+        &instrumentation,
+    );
     eventloop.inner_mut().then(|_| {
         Ok(FakeEvent::ConnAck {
             session_present: true,

@@ -188,9 +188,11 @@ pub(crate) fn written(payload: &'static str, pkid: u16) -> FakeRequest {
     })
 }
 
-/// The options of a fake connection: its in-flight limit.
+/// The options of a fake connection: its in-flight limit, and whether the application
+/// acknowledges incoming messages itself.
 pub(crate) struct FakeOptions {
     pub(crate) limit: u16,
+    pub(crate) manual_acks: bool,
 }
 
 impl Protocol for Fake {
@@ -227,7 +229,13 @@ impl Protocol for Fake {
         ConnectionAttributes::new("fake", "broker.test", 1883, ProtocolVersion::V5)
     }
 
-    fn enable_manual_acks(_options: &mut FakeOptions) {}
+    fn enable_manual_acks(options: &mut FakeOptions) {
+        options.manual_acks = true;
+    }
+
+    fn manual_acks(options: &FakeOptions) -> bool {
+        options.manual_acks
+    }
 
     /// A client that takes incoming Topic Aliases up to 10, as an MQTT 5 client may announce.
     fn incoming_alias_maximum(_options: &FakeOptions) -> u16 {
@@ -268,6 +276,10 @@ impl Protocol for Fake {
     }
 
     async fn ack(client: &FakeClient, publish: &FakePublish) -> Result<(), FakeError> {
+        Self::try_ack(client, publish)
+    }
+
+    fn try_ack(client: &FakeClient, publish: &FakePublish) -> Result<(), FakeError> {
         client.push(FakeRequest::PubAck(publish.pkid))
     }
 

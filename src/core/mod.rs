@@ -10,7 +10,8 @@
 //!   publish spans, in the order of rumqttc's request channel).
 //! - `publish`: one publish span's life (start, inject, count, finish); `correlation`: the table
 //!   that matches rumqttc's events to open publishes.
-//! - `consume`: receive and process spans, and the [`Delivery`] of a message.
+//! - `consume`: receive and process spans, and the [`Delivery`] of a message; `settle`: the
+//!   settle span of a manual acknowledgement, and the messages that wait for one.
 //! - `aliases`: MQTT 5 Topic Alias mappings, sent and received; `conversations`: MQTT 5
 //!   requests waiting for replies, which the receive spans of the replies link to.
 //! - `recovery`: what the event loop does around reconnects; `connection`: connection health.
@@ -34,6 +35,7 @@ pub(crate) mod logs;
 mod protocol;
 mod publish;
 mod recovery;
+mod settle;
 mod shared;
 mod telemetry;
 mod tracking;
@@ -52,5 +54,6 @@ pub(crate) use event_loop::EventLoop;
 pub(crate) use fake::recording;
 pub(crate) use protocol::{Attempt, EventView, Protocol, PublishRequest, PublishView, RequestKind};
 pub(crate) use publish::OpenPublish;
+pub(crate) use settle::SettleParent;
 pub(crate) use shared::Core;
 pub(crate) use telemetry::{MetricSlots, Telemetry};

@@ -175,6 +175,9 @@ pub(crate) trait Protocol: Sized + Send + Sync + 'static {
     fn incoming_alias_maximum(_options: &Self::Options) -> u16 {
         0
     }
+    /// `MqttOptions::manual_acks()`: whether the application acknowledges incoming QoS 1 and 2
+    /// messages itself.
+    fn manual_acks(options: &Self::Options) -> bool;
 
     // --- Publishing
 
@@ -232,6 +235,12 @@ pub(crate) trait Protocol: Sized + Send + Sync + 'static {
         client: &Self::AsyncClient,
         publish: &Self::Publish,
     ) -> impl Future<Output = Result<(), Self::ClientError>> + Send;
+
+    /// `AsyncClient::try_ack`.
+    fn try_ack(
+        client: &Self::AsyncClient,
+        publish: &Self::Publish,
+    ) -> Result<(), Self::ClientError>;
 
     /// One SUBSCRIBE with `filters`, tagged with subscription identifier `id` (MQTT 5).
     fn subscribe(

@@ -32,8 +32,9 @@ pub(crate) struct MetricSet {
 }
 
 impl MetricSet {
-    /// Records the duration of a publish (`Operation::Publish`) or handler run
-    /// (`Operation::Process`) on this set: bound when it succeeded and the set is bound.
+    /// Records the duration of a publish (`Operation::Publish`), acknowledgement
+    /// (`Operation::Settle`, on the same histogram) or handler run (`Operation::Process`) on this
+    /// set: bound when it succeeded and the set is bound.
     pub(crate) fn record_duration(
         &self,
         settings: &Settings,
@@ -48,7 +49,9 @@ impl MetricSet {
         {
             let bound = bound.get_or_init(|| match operation {
                 Operation::Process => metrics.subscriber.bind_duration(&self.attributes),
-                _ => metrics.publisher.bind_duration(&self.attributes),
+                Operation::Publish | Operation::Receive | Operation::Settle => {
+                    metrics.publisher.bind_duration(&self.attributes)
+                }
             });
             bound.record(duration.as_secs_f64());
             return;
@@ -59,7 +62,7 @@ impl MetricSet {
                     .subscriber
                     .record_process(duration, &self.attributes, error_type)
             }
-            _ => metrics
+            Operation::Publish | Operation::Receive | Operation::Settle => metrics
                 .publisher
                 .record_publish(duration, &self.attributes, error_type),
         }
@@ -76,6 +79,8 @@ pub(crate) struct MetricSlots([OnceLock<Arc<MetricSet>>; 3]);
 pub(crate) struct Subscription {
     pub(crate) filter: Arc<str>,
     slots: MetricSlots,
+    /// The metric sets of the acknowledgements of those messages.
+    settle_slots: MetricSlots,
 }
 
 /// Up to this many subscriptions, matching each filter in turn is faster than the trie.
@@ -121,6 +126,7 @@ pub(crate) struct Telemetry {
     pub(crate) aliases: TopicAliases,
     /// MQTT 5 requests waiting for replies.
     pub(crate) conversations: Conversations,
+    unsubscribed_settle: MetricSlots,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -162,6 +168,7 @@ impl Telemetry {
             unsubscribed_receive: MetricSlots::default(),
             aliases: TopicAliases::default(),
             conversations: Conversations::default(),
+            unsubscribed_settle: MetricSlots::default(),
         }
     }
 
@@ -269,6 +276,16 @@ impl Telemetry {
         self.metric_set(Operation::Receive, facts, slots)
     }
 
+    /// The metric set of an acknowledgement, by the subscription that matched.
+    pub(super) fn settle_metrics(
+        &self,
+        facts: &MessageFacts<'_>,
+        subscription: Option<&Subscription>,
+    ) -> Arc<MetricSet> {
+        let slots = subscription.map_or(&self.unsubscribed_settle, |s| &s.settle_slots);
+        self.metric_set(Operation::Settle, facts, slots)
+    }
+
     /// The metric set of `operation` on a message from `slots`: built once per QoS, unless raw
     /// topics go into metric attributes (then every message has its own).
     pub(crate) fn metric_set(
@@ -286,14 +303,16 @@ impl Telemetry {
             let count = match operation {
                 Operation::Publish => Some(metrics.publisher.sent_cell(&attributes)),
                 Operation::Receive => Some(metrics.subscriber.consumed_cell(&attributes)),
-                _ => None,
+                Operation::Process | Operation::Settle => None,
             };
             // Per-message sets (raw topics) are not worth binding.
             #[cfg(feature = "bound-instruments")]
             let duration = match operation {
                 _ if self.settings.metric_topics => None,
-                Operation::Publish | Operation::Process => Some(OnceLock::new()),
-                _ => None,
+                Operation::Publish | Operation::Process | Operation::Settle => {
+                    Some(OnceLock::new())
+                }
+                Operation::Receive => None,
             };
             Arc::new(MetricSet {
                 attributes,
@@ -318,6 +337,7 @@ impl Telemetry {
         let subscription = Arc::new(Subscription {
             filter: Arc::from(filter),
             slots: MetricSlots::default(),
+            settle_slots: MetricSlots::default(),
         });
         // An invalid filter is refused by the broker; it cannot name a destination.
         if subscriptions

@@ -7,7 +7,7 @@
 //!
 //! | name | instrument | unit | attributes | recorded |
 //! |---|---|---|---|---|
-//! | `messaging.client.operation.duration` | histogram | `s` | system, operation name/type, destination template, `messaging.mqtt.qos`, server address/port, `error.type` on failure | when a publish ends: written (QoS 0), PUBACK (QoS 1), PUBCOMP (QoS 2), or failed; equal to the publish span's duration |
+//! | `messaging.client.operation.duration` | histogram | `s` | system, operation name/type, destination template, `messaging.mqtt.qos`, server address/port, `error.type` on failure | when a publish ends: written (QoS 0), PUBACK (QoS 1), PUBCOMP (QoS 2), or failed; equal to the publish span's duration. Also per manual acknowledgement (operation `ack`, type `settle`, the subscription filter as template) when rumqttc took it (or refused it: `request_failed`); equal to the settle span's duration |
 //! | `messaging.client.sent.messages` | counter | `{message}` | as above, without `error.type` | once per publish, when the PUBLISH is first written (not when queued, not on a replay) |
 //! | `messaging.client.consumed.messages` | counter | `{message}` | system, `receive`, subscription filter as template, QoS, server address/port, consumer group | once per PUBLISH handed out by the event loop |
 //! | `messaging.process.duration` | histogram | `s` | system, `process`, filter as template, QoS, server address/port, consumer group, `error.type` on failure | when a subscriber's handler returns |
@@ -115,7 +115,8 @@ impl MqttPublisherMetrics {
             operation_duration: duration_histogram(
                 meter,
                 metric::MESSAGING_CLIENT_OPERATION_DURATION,
-                "Duration of a publish until the broker acknowledged it",
+                "Duration of a messaging operation: a publish until the broker acknowledged it, \
+                 a manual acknowledgement until rumqttc took it",
             ),
             sent_messages: SummedCounter::new(
                 meter,
@@ -127,7 +128,9 @@ impl MqttPublisherMetrics {
         }
     }
 
-    /// Records a publish that ended after `duration`: successfully, or with `error_type`.
+    /// Records a publish that ended after `duration`: successfully, or with `error_type`. With
+    /// the attributes of operation `ack` (type `settle`), it records a manual acknowledgement on
+    /// the same `messaging.client.operation.duration` histogram.
     pub fn record_publish(
         &self,
         duration: Duration,

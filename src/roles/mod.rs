@@ -5,6 +5,7 @@
 //! - `shared`: what the handles of one connection observe and control of its task.
 //! - `driver`: the task that polls a traced event loop (reconnecting with a pause) and the
 //!   dispatcher that hands incoming messages to the worker.
+//! - `handler`: what a handler returns (`()` or a `HandlerResult`), and its error type.
 //! - `worker`: the routes, and the task that runs the handlers of up to `concurrency` messages
 //!   at a time inside `process` spans, then acknowledges.
 //! - `schedule`: which waiting message may start next (per topic in arrival order, or any) and
@@ -12,6 +13,7 @@
 //! - `publisher`, `subscriber`: the version-independent halves of the roles.
 
 mod driver;
+mod handler;
 pub(crate) mod publisher;
 mod schedule;
 mod shared;
@@ -19,6 +21,8 @@ pub(crate) mod subscriber;
 pub(crate) mod worker;
 
 use std::time::Duration;
+
+pub use handler::{HandlerError, HandlerOutput, HandlerResult};
 
 /// When a [`TracedSubscriber`](crate::v5::TracedSubscriber) acknowledges a QoS 1 or QoS 2
 /// message (PUBACK / PUBREC).
@@ -34,12 +38,26 @@ use std::time::Duration;
 /// A message is acknowledged on the connection it arrived on only: after a reconnect, the broker
 /// either sends it again (persistent session) or has forgotten it, and a packet id of the old
 /// connection may already name another message on the new one.
+///
+/// # Settle spans
+///
+/// With [`AckPolicy::AfterSuccess`] an acknowledgement is a decision about the message, so each
+/// one records a CLIENT span `ack {filter}` (`messaging.operation.type = settle`, operation
+/// name `ack`; semconv v1.44: "'Settle' spans SHOULD be created for every manually or
+/// automatically triggered settlement operation") and a `messaging.client.operation.duration`
+/// measurement of operation `ack`. The worker acknowledges on behalf of the message, so the span
+/// is a child of the message's `receive` span (the ambient context its `process` spans have
+/// too) and links to the producer's span when the message carried its context. A message whose
+/// handler failed is not acknowledged and records none. With the default
+/// [`AckPolicy::AfterHandler`] every message is acknowledged whatever happens, which says
+/// nothing its `process` span does not: no settle span is recorded, which saves a span and a
+/// measurement per message (semconv's SHOULD is not followed there, by choice).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum AckPolicy {
     /// The default: acknowledge once every handler of the message has finished, whatever its
     /// outcome (success, error or panic). A failed message is recorded on its `process` span and
-    /// not redelivered.
+    /// not redelivered. Records no settle span (see "Settle spans" above).
     #[default]
     AfterHandler,
     /// At-least-once processing: acknowledge only when every handler of the message returned
@@ -49,7 +67,8 @@ pub enum AckPolicy {
     /// session expiry interval for MQTT 5). Later messages are still acknowledged, in arrival
     /// order, skipping the failed one as soon as it has failed, so one unacknowledged message
     /// takes one place of the broker's in-flight window until then; when failed messages fill
-    /// the window, the broker sends no more QoS 1 or 2 messages until a reconnect.
+    /// the window, the broker sends no more QoS 1 or 2 messages until a reconnect. Each
+    /// acknowledgement records a settle span `ack {filter}` (see "Settle spans" above).
     AfterSuccess,
 }
 

@@ -5,14 +5,13 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use std::fmt::Display;
-
 use super::AckPolicy;
 use super::driver::{self, Dispatcher};
+use super::handler::HandlerOutput;
 use super::publisher::PublisherCore;
 use super::schedule::Order;
 use super::shared::{DriverHandle, Shared};
-use super::worker::{Handler, HandlerFailure, Handlers, Incoming, RouteTable, Settings, work};
+use super::worker::{Handler, Handlers, Incoming, RouteTable, Settings, work};
 use crate::core::{Client, EventLoop, Protocol};
 use crate::error::Error;
 use crate::instrumentation::Instrumentation;
@@ -92,8 +91,9 @@ impl<P: Protocol> SubscriberBuilderCore<P> {
     }
 
     /// Adds a route whose handler takes the version's message type `M`, made from each
-    /// incoming message by `message`.
-    pub(crate) fn route<M, F, Fut, E>(
+    /// incoming message by `message`, and returns `()` or a `HandlerResult` (see
+    /// `super::handler`).
+    pub(crate) fn route<M, F, Fut, R>(
         mut self,
         filter: &str,
         qos: P::QoS,
@@ -103,12 +103,12 @@ impl<P: Protocol> SubscriberBuilderCore<P> {
     where
         M: 'static,
         F: Fn(M) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), E>> + Send + 'static,
-        E: Display + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+        R: HandlerOutput,
     {
         let handler: Handler<P> = Arc::new(move |incoming| {
             let run = handler(message(incoming));
-            Box::pin(async move { run.await.map_err(|error| HandlerFailure::new(&error)) })
+            Box::pin(async move { run.await.outcome() })
         });
         self.table
             .insert(&mut self.handlers, filter, qos, handler)?;
@@ -170,6 +170,12 @@ impl<P: Protocol> SubscriberBuilderCore<P> {
             handler_span,
         } = self;
         let shared = Arc::clone(&publisher.driver.shared);
+        // Settle spans only for `AfterSuccess`; before the connection is first polled.
+        publisher
+            .client
+            .core()
+            .settlements
+            .set_tracking(policy == AckPolicy::AfterSuccess);
         let has_routes = !table.is_empty();
         let table = Arc::new(table);
         let (queue, queued) = mpsc::unbounded_channel();

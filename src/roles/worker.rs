@@ -17,9 +17,12 @@ use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
 use super::AckPolicy;
+use super::handler::HandlerResult;
 use super::schedule::{AckQueue, Lane, Order, RunQueue, Ticket};
 use super::shared::Shared;
-use crate::core::{Client, Core, Delivery, MetricSlots, Processing, Protocol, PublishView, logs};
+use crate::core::{
+    Client, Core, Delivery, MetricSlots, Processing, Protocol, PublishView, SettleParent, logs,
+};
 use crate::error::Error;
 use crate::semconv::MqttQoS;
 use crate::topic::TopicFilterSet;
@@ -33,26 +36,8 @@ pub(crate) const CANCELLED: &str = "cancelled";
 /// `error.type` of a message that arrived after `shutdown` began: no handler runs.
 pub(crate) const SHUTTING_DOWN: &str = "shutting_down";
 
-/// How a handler failed, ready for the `process` span.
-#[derive(Debug)]
-pub(crate) struct HandlerFailure {
-    error_type: &'static str,
-    message: String,
-}
-
-impl HandlerFailure {
-    /// A handler error of type `E`: `error.type` is the type's name.
-    pub(crate) fn new<E: Display>(error: &E) -> Self {
-        Self {
-            error_type: std::any::type_name::<E>(),
-            message: error.to_string(),
-        }
-    }
-}
-
 /// The boxed future of one handler run.
-pub(crate) type HandlerFuture =
-    Pin<Box<dyn Future<Output = Result<(), HandlerFailure>> + Send + 'static>>;
+pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = HandlerResult> + Send + 'static>>;
 
 /// A handler, type-erased.
 pub(crate) type Handler<P> = Arc<dyn Fn(Incoming<P>) -> HandlerFuture + Send + Sync + 'static>;
@@ -276,7 +261,7 @@ async fn run<P: Protocol>(
         Ok(Err(failure)) => {
             core.telemetry.end_process(
                 processing,
-                Some((failure.error_type, &failure.message as &dyn Display)),
+                Some((failure.error_type(), &failure.message() as &dyn Display)),
             );
             false
         }
@@ -389,8 +374,14 @@ pub(crate) async fn work<P: Protocol>(
         }
         // Only on the connection the message came on (see `AckPolicy`).
         while let Some(publish) = acks.pop_ready(shared.epoch()) {
-            // `false`: the event loop is gone, and the message with it.
-            let _ = P::ack(client.inner(), &publish).await;
+            // An error: the event loop is gone, and the message with it.
+            let _ = match settings.policy {
+                // A settle span, child of the message's receive span, as the process spans
+                // have it for their ambient context.
+                AckPolicy::AfterSuccess => client.ack(&publish, SettleParent::Receive).await,
+                // Acknowledgements that are the subscriber's routine: no span per message.
+                AckPolicy::AfterHandler => P::ack(client.inner(), &publish).await,
+            };
         }
         if !open && runs.is_empty() && waiting.is_empty() {
             break;
@@ -540,12 +531,5 @@ mod tests {
         assert_eq!(panic_message(Box::new("static text")), "static text");
         assert_eq!(panic_message(Box::new(String::from("owned"))), "owned");
         assert_eq!(panic_message(Box::new(42_u8)), "the handler panicked");
-    }
-
-    #[test]
-    fn a_handler_error_is_named_after_its_type() {
-        let failure = HandlerFailure::new(&std::io::Error::other("disk full"));
-        assert_eq!(failure.error_type, "std::io::error::Error");
-        assert_eq!(failure.message, "disk full");
     }
 }

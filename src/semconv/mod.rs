@@ -1,5 +1,5 @@
 //! OpenTelemetry semantic-convention names for MQTT, and builders that turn the facts of one
-//! publish, receive or process operation into attributes.
+//! publish, receive, process or settle (acknowledge) operation into attributes.
 //!
 //! The names follow the OpenTelemetry messaging semantic conventions v1.42 to v1.44 (the
 //! `opentelemetry-semantic-conventions` crate 0.33 with `semconv_experimental`; a unit test checks
@@ -51,9 +51,10 @@ use opentelemetry::trace::SpanKind;
 pub const MESSAGING_SYSTEM: &str = "messaging.system";
 /// The value of `messaging.system` for MQTT: `mqtt` (semconv lists no value for MQTT).
 pub const MESSAGING_SYSTEM_VALUE: &str = "mqtt";
-/// `messaging.operation.name`: `publish`, `receive` or `process` (see [`Operation::name`]).
+/// `messaging.operation.name`: `publish`, `receive`, `process` or `ack` (see [`Operation::name`]).
 pub const MESSAGING_OPERATION_NAME: &str = "messaging.operation.name";
-/// `messaging.operation.type`: `send`, `receive` or `process` (see [`Operation::operation_type`]).
+/// `messaging.operation.type`: `send`, `receive`, `process` or `settle` (see
+/// [`Operation::operation_type`]).
 pub const MESSAGING_OPERATION_TYPE: &str = "messaging.operation.type";
 /// `messaging.destination.name`: the topic name the message was published to.
 pub const MESSAGING_DESTINATION_NAME: &str = "messaging.destination.name";
@@ -98,7 +99,8 @@ pub const MESSAGING_MQTT_PACKET_ID: &str = "messaging.mqtt.packet_id";
 
 /// Metric names and the histogram bucket boundaries that semconv recommends for them.
 pub mod metric {
-    /// `messaging.client.operation.duration` (histogram, `s`): a publish until it is acknowledged.
+    /// `messaging.client.operation.duration` (histogram, `s`): a publish until it is acknowledged,
+    /// a manual acknowledgement (settle) until rumqttc took it.
     pub const MESSAGING_CLIENT_OPERATION_DURATION: &str = "messaging.client.operation.duration";
     /// `messaging.client.sent.messages` (counter, `{message}`): messages written to the network.
     pub const MESSAGING_CLIENT_SENT_MESSAGES: &str = "messaging.client.sent.messages";
@@ -206,8 +208,8 @@ impl std::fmt::Display for ProtocolVersion {
     }
 }
 
-/// The three messaging operations this crate records, with their semconv names, types and span
-/// kinds.
+/// The four messaging operations this crate records, with their semconv names, types and span
+/// kinds (semconv v1.44, "Operation types" and "Span kind").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Operation {
@@ -218,6 +220,9 @@ pub enum Operation {
     Receive,
     /// A handler run on one message: span kind CONSUMER, type `process`, name `process`.
     Process,
+    /// A manual acknowledgement (PUBACK for QoS 1, PUBREC for QoS 2) of a received message:
+    /// span kind CLIENT, type `settle`, name `ack`.
+    Settle,
 }
 
 impl Operation {
@@ -227,6 +232,7 @@ impl Operation {
             Self::Publish => "publish",
             Self::Receive => "receive",
             Self::Process => "process",
+            Self::Settle => "ack",
         }
     }
 
@@ -236,6 +242,7 @@ impl Operation {
             Self::Publish => "send",
             Self::Receive => "receive",
             Self::Process => "process",
+            Self::Settle => "settle",
         }
     }
 
@@ -245,6 +252,7 @@ impl Operation {
             Self::Publish => SpanKind::Producer,
             Self::Receive => SpanKind::Client,
             Self::Process => SpanKind::Consumer,
+            Self::Settle => SpanKind::Client,
         }
     }
 
@@ -380,10 +388,19 @@ mod tests {
             ("process", "process", SpanKind::Consumer)
         );
         assert_eq!(
+            (
+                Operation::Settle.name(),
+                Operation::Settle.operation_type(),
+                Operation::Settle.span_kind()
+            ),
+            ("ack", "settle", SpanKind::Client)
+        );
+        assert_eq!(
             Operation::Process.span_name("home/+/temperature"),
             "process home/+/temperature"
         );
         // No destination known: the operation name alone, no trailing space.
         assert_eq!(Operation::Publish.span_name(""), "publish");
+        assert_eq!(Operation::Settle.span_name("home/#"), "ack home/#");
     }
 }

@@ -6,7 +6,7 @@ use rumqttc::{AsyncClient, ClientError, MqttOptions, Publish, QoS, SubscribeFilt
 
 use super::event_loop::TracedEventLoop;
 use super::protocol::V4;
-use crate::core::{Client, PublishRequest};
+use crate::core::{Client, PublishRequest, SettleParent};
 use crate::error::Error;
 use crate::instrumentation::Instrumentation;
 
@@ -154,14 +154,53 @@ impl TracedClient {
         self.inner.publish(request).await
     }
 
-    /// `AsyncClient::ack`, unchanged (manual acknowledgement of an incoming PUBLISH).
+    /// `AsyncClient::ack`: the manual acknowledgement of an incoming PUBLISH (PUBACK for QoS 1,
+    /// PUBREC for QoS 2), traced.
+    ///
+    /// With `MqttOptions::set_manual_acks(true)` it records a CLIENT span `ack {destination}`
+    /// (`messaging.operation.type = settle`, `messaging.operation.name = ack`, the message's
+    /// topic, template, QoS and `messaging.mqtt.packet_id`) and a
+    /// `messaging.client.operation.duration` measurement of operation `ack`. Following semconv
+    /// v1.44 ("Consumer spans": a settle span MAY link to the creation context of the message),
+    /// the span is a child of the context current where `ack` is called and links to the
+    /// message's `receive` span and, when the message carried one, to its creation context
+    /// (the producer's span). It ends when rumqttc has taken the acknowledgement into its
+    /// request queue (rumqttc reports no exact moment of the write); when rumqttc refuses it
+    /// (its event loop is gone) it ends as an error with `error.type = request_failed`.
+    ///
+    /// The message is recognised by its packet id on the current connection: `publish` must be
+    /// the `Publish` the event loop handed out (or a clone). An acknowledgement of a message of
+    /// an earlier connection (whose packet id may name another message now) records its span
+    /// without links. A QoS 0 message has no acknowledgement and records nothing; with manual
+    /// acknowledgements off (rumqttc acknowledges by itself) nothing is recorded either.
+    ///
+    /// ```no_run
+    /// use rumqttc::{Event, MqttOptions};
+    /// use rumqttc::Packet;
+    /// use rumqttc::QoS;
+    /// use rumqttc_opentelemetry::v4::TracedClient;
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut options = MqttOptions::new("worker-1", "localhost", 1883);
+    /// options.set_manual_acks(true);
+    /// let (client, mut eventloop) = TracedClient::new(options, 10);
+    /// client.subscribe("jobs/#", QoS::AtLeastOnce).await?;
+    /// loop {
+    ///     if let Event::Incoming(Packet::Publish(publish)) = eventloop.poll().await? {
+    ///         // ... handle the job, then settle it: `ack jobs/#`, linked to `receive jobs/#`.
+    ///         client.ack(&publish).await?;
+    ///     }
+    /// }
+    /// # }
+    /// ```
     pub async fn ack(&self, publish: &Publish) -> Result<(), ClientError> {
-        self.inner().ack(publish).await
+        self.inner.ack(publish, SettleParent::Ambient).await
     }
 
-    /// `AsyncClient::try_ack`, unchanged.
+    /// `AsyncClient::try_ack`, traced as [`TracedClient::ack`]; a full request queue ends the
+    /// span as `request_failed` too.
     pub fn try_ack(&self, publish: &Publish) -> Result<(), ClientError> {
-        self.inner().try_ack(publish)
+        self.inner.try_ack(publish)
     }
 
     /// `AsyncClient::subscribe`; the filter names the receive spans of matching messages.

@@ -51,6 +51,10 @@ impl Protocol for V4 {
         options.set_manual_acks(true);
     }
 
+    fn manual_acks(options: &MqttOptions) -> bool {
+        options.manual_acks()
+    }
+
     /// rumqttc's rule (no `+` or `#` in a topic name), in one pass over the bytes.
     fn valid_topic(topic: &str) -> bool {
         !topic.bytes().any(|b| b == b'+' || b == b'#')
@@ -123,6 +127,10 @@ impl Protocol for V4 {
 
     async fn ack(client: &AsyncClient, publish: &Publish) -> Result<(), ClientError> {
         client.ack(publish).await
+    }
+
+    fn try_ack(client: &AsyncClient, publish: &Publish) -> Result<(), ClientError> {
+        client.try_ack(publish)
     }
 
     /// MQTT 3.1.1 has no subscription identifiers: `id` is ignored.

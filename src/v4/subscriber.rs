@@ -3,11 +3,11 @@
 
 use rumqttc::{MqttOptions, QoS};
 
-use super::AckPolicy;
 use super::client::TracedClient;
 use super::message::Message;
 use super::protocol::V4;
 use super::publisher::TracedPublisher;
+use super::{AckPolicy, HandlerOutput};
 use crate::error::Error;
 use crate::instrumentation::Instrumentation;
 use crate::roles::subscriber::{SubscriberBuilderCore, SubscriberCore};
@@ -19,9 +19,9 @@ use crate::roles::subscriber::{SubscriberBuilderCore, SubscriberCore};
 /// use rumqttc::{MqttOptions, QoS};
 /// use rumqttc_opentelemetry::v4::{Message, TracedSubscriber};
 ///
-/// async fn log(message: Message) -> Result<(), std::io::Error> {
+/// // A handler that cannot fail returns nothing.
+/// async fn log(message: Message) {
 ///     println!("{} via {}", message.topic(), message.route());
-///     Ok(())
 /// }
 ///
 /// let builder = TracedSubscriber::builder(MqttOptions::new("gw-1", "localhost", 1883), 10)
@@ -65,23 +65,70 @@ impl SubscriberBuilder {
         TracedPublisher::from_core(self.inner.publisher())
     }
 
-    /// Adds a route: messages for `filter` (a topic filter, or a shared subscription
-    /// `$share/{group}/{filter}`) run `handler`, which is subscribed at `qos`.
-    /// Registering a filter again replaces its QoS and handler.
+    #[doc = include_str!("../roles/docs/route.md")]
     ///
-    /// The handler gets each [`Message`] and returns a future of `Result<(), E>`; an
-    /// `Err` marks the `process` span as an error with `error.type` = the name of `E`
-    /// (`std::any::type_name`, for example `std::io::error::Error` or
-    /// `anyhow::Error`) and the error's `Display` text as the status message.
+    /// # Example
     ///
-    /// # Errors
+    /// Every shape of handler:
     ///
-    /// [`Error::Topic`] when `filter` is not a valid topic filter.
-    pub fn route<F, Fut, E>(self, filter: &str, qos: QoS, handler: F) -> Result<Self, Error>
+    /// ```
+    /// use rumqttc::{MqttOptions, QoS};
+    /// use rumqttc_opentelemetry::v4::{HandlerResult, Message, TracedSubscriber};
+    ///
+    /// type BoxError = Box<dyn std::error::Error + Send + Sync>;
+    ///
+    /// async fn named(message: Message) -> HandlerResult {
+    ///     let text = std::str::from_utf8(message.payload())?; // error.type: core::str::error::Utf8Error
+    ///     println!("{text}");
+    ///     Ok(())
+    /// }
+    ///
+    /// async fn typed(_message: Message) -> Result<(), std::io::Error> {
+    ///     Ok(())
+    /// }
+    ///
+    /// async fn boxed(_message: Message) -> Result<(), BoxError> {
+    ///     Err("not today".into())
+    /// }
+    ///
+    /// let builder = TracedSubscriber::builder(MqttOptions::new("gw-1", "localhost", 1883), 10)
+    ///     // `Ok(())` with no error type named.
+    ///     .route("a/#", QoS::AtLeastOnce, |_message| async move { Ok(()) })?
+    ///     // A handler that cannot fail.
+    ///     .route("b/#", QoS::AtLeastOnce, |message: Message| async move {
+    ///         println!("{}", message.topic());
+    ///     })?
+    ///     // `?` on any error type.
+    ///     .route("c/#", QoS::AtLeastOnce, |message| async move {
+    ///         std::fs::write("/dev/null", message.payload())?; // std::io::error::Error
+    ///         Ok(())
+    ///     })?
+    ///     .route("d/#", QoS::AtLeastOnce, named)?
+    ///     // Functions with an error type of their own, through a closure.
+    ///     .route("e/#", QoS::AtLeastOnce, |m| async move { Ok(typed(m).await?) })?
+    ///     .route("f/#", QoS::AtLeastOnce, |m| async move { Ok(boxed(m).await?) })?;
+    /// assert_eq!(builder.matching_routes("d/1"), ["d/#"]);
+    /// # Ok::<(), rumqttc_opentelemetry::Error>(())
+    /// ```
+    ///
+    /// A function that returns its own error type is no handler by itself:
+    ///
+    /// ```compile_fail
+    /// use rumqttc::{MqttOptions, QoS};
+    /// use rumqttc_opentelemetry::v4::{Message, TracedSubscriber};
+    ///
+    /// async fn typed(_message: Message) -> Result<(), std::io::Error> {
+    ///     Ok(())
+    /// }
+    ///
+    /// let builder = TracedSubscriber::builder(MqttOptions::new("gw-1", "localhost", 1883), 10)
+    ///     .route("e/#", QoS::AtLeastOnce, typed);
+    /// ```
+    pub fn route<F, Fut, R>(self, filter: &str, qos: QoS, handler: F) -> Result<Self, Error>
     where
         F: Fn(Message) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), E>> + Send + 'static,
-        E: std::fmt::Display + 'static,
+        Fut: Future<Output = R> + Send + 'static,
+        R: HandlerOutput,
     {
         Ok(Self {
             inner: self
@@ -126,9 +173,9 @@ impl SubscriberBuilder {
     ///
     /// ```no_run
     /// use rumqttc::{MqttOptions, QoS};
-    /// use rumqttc_opentelemetry::v4::{Message, TracedSubscriber};
+    /// use rumqttc_opentelemetry::v4::{HandlerResult, Message, TracedSubscriber};
     ///
-    /// async fn store(message: Message) -> Result<(), std::io::Error> {
+    /// async fn store(message: Message) -> HandlerResult {
     ///     // An insert that waits a few milliseconds on the database.
     ///     # let _ = message;
     ///     Ok(())
@@ -172,7 +219,7 @@ impl SubscriberBuilder {
     ///     .route("sensors/#", QoS::AtLeastOnce, |message: Message| async move {
     ///         // An event of the `handler` span, so of the message's trace.
     ///         tracing::info!(bytes = message.payload().len(), "stored");
-    ///         Ok::<(), std::io::Error>(())
+    ///         Ok(())
     ///     })?
     ///     .start();
     /// subscriber.subscribed().await?;
@@ -238,11 +285,11 @@ impl SubscriberBuilder {
 ///
 /// ```no_run
 /// use rumqttc::{MqttOptions, QoS};
-/// use rumqttc_opentelemetry::v4::{AckPolicy, Message, TracedSubscriber};
+/// use rumqttc_opentelemetry::v4::{AckPolicy, HandlerResult, Message, TracedSubscriber};
 ///
-/// type BoxError = Box<dyn std::error::Error + Send + Sync>;
-///
-/// async fn store(message: Message) -> Result<(), BoxError> {
+/// async fn store(message: Message) -> HandlerResult {
+///     // A payload that is no number fails the `process` span with
+///     // `error.type = core::num::dec2flt::ParseFloatError`.
 ///     let celsius: f64 = std::str::from_utf8(message.payload())?.parse()?;
 ///     println!("{}: {celsius}", message.topic());
 ///     Ok(())

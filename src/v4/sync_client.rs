@@ -141,12 +141,18 @@ impl TracedSyncClient {
         self.inner.try_publish(topic, qos, retain, payload)
     }
 
-    /// `Client::ack`, unchanged (manual acknowledgement of an incoming PUBLISH).
+    /// `Client::ack`: the manual acknowledgement of an incoming PUBLISH, traced as
+    /// [`TracedClient::ack`]: with `MqttOptions::set_manual_acks(true)`, a CLIENT
+    /// `ack {destination}` settle span (a child of the context current on the calling thread,
+    /// linked to the message's receive span and creation context) and a
+    /// `messaging.client.operation.duration` measurement; it ends when rumqttc has taken the
+    /// acknowledgement. Blocks while the request channel is full, as rumqttc's does.
     pub fn ack(&self, publish: &Publish) -> Result<(), ClientError> {
         wait(self.inner.ack(publish))
     }
 
-    /// `Client::try_ack`, unchanged.
+    /// `Client::try_ack`, traced as [`TracedSyncClient::ack`]; a full request channel ends the
+    /// span as `request_failed`.
     pub fn try_ack(&self, publish: &Publish) -> Result<(), ClientError> {
         self.inner.try_ack(publish)
     }

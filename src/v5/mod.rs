@@ -150,7 +150,7 @@ mod reasons;
 mod subscriber;
 mod sync_client;
 
-pub use crate::roles::{AckPolicy, RetryPolicy};
+pub use crate::roles::{AckPolicy, HandlerError, HandlerOutput, HandlerResult, RetryPolicy};
 pub use client::TracedClient;
 pub use connection::{TracedConnection, TracedIter};
 pub use event_loop::TracedEventLoop;

@@ -53,6 +53,10 @@ impl Protocol for V5 {
         options.topic_alias_max().unwrap_or(0)
     }
 
+    fn manual_acks(options: &MqttOptions) -> bool {
+        options.manual_acks()
+    }
+
     /// rumqttc's rule (no `+` or `#` in a topic name), in one pass over the bytes.
     fn valid_topic(topic: &str) -> bool {
         !topic.bytes().any(|b| b == b'+' || b == b'#')
@@ -180,6 +184,10 @@ impl Protocol for V5 {
 
     async fn ack(client: &AsyncClient, publish: &Publish) -> Result<(), ClientError> {
         client.ack(publish).await
+    }
+
+    fn try_ack(client: &AsyncClient, publish: &Publish) -> Result<(), ClientError> {
+        client.try_ack(publish)
     }
 
     async fn subscribe(

@@ -5,7 +5,7 @@
 pub mod v4 {
     pub use rumqttc::{MqttOptions, QoS};
     pub use rumqttc_opentelemetry::v4::{
-        AckPolicy, Message, SubscriberBuilder, TracedPublisher, TracedSubscriber,
+        AckPolicy, HandlerResult, Message, SubscriberBuilder, TracedPublisher, TracedSubscriber,
     };
     use rumqttc_opentelemetry::{Instrumentation, V4Propagation};
 
@@ -38,7 +38,7 @@ pub mod v5 {
     pub use rumqttc::v5::mqttbytes::QoS;
     use rumqttc_opentelemetry::Instrumentation;
     pub use rumqttc_opentelemetry::v5::{
-        AckPolicy, Message, SubscriberBuilder, TracedPublisher, TracedSubscriber,
+        AckPolicy, HandlerResult, Message, SubscriberBuilder, TracedPublisher, TracedSubscriber,
     };
 
     use crate::common::telemetry::Telemetry;
