@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use super::{Connection, Missed, Wait, wait};
 use crate::core::client::Client;
-use crate::core::fake::{Fake, FakeError, FakeEvent, FakeOptions};
+use crate::core::fake::{Fake, FakeError, FakeEvent, FakeOptions, connack};
 use crate::core::protocol::PublishRequest;
 use crate::instrumentation::Instrumentation;
 use crate::reconnect::ReconnectBackoff;
@@ -30,12 +30,6 @@ fn connection() -> (Client<Fake>, Connection<Fake>) {
     (client, Connection::new(event_loop))
 }
 
-fn connack() -> Result<FakeEvent, FakeError> {
-    Ok(FakeEvent::ConnAck {
-        session_present: true,
-    })
-}
-
 /// rumqttc's `resolve_event`: an event and a connection error are handed out (the iterator goes
 /// on after an error, since the next poll reconnects); `RequestsDone` ends the iterator, and
 /// `recv` then returns `RecvError` (`Missed::Done`).
@@ -45,9 +39,9 @@ fn events_and_errors_are_handed_out_until_requests_are_done() {
     connection
         .event_loop_mut()
         .inner_mut()
-        .then(|_| connack())
+        .then(|_| connack(true))
         .then(|_| Err(FakeError("connection_reset")))
-        .then(|_| connack())
+        .then(|_| connack(true))
         .then(|_| Err(FakeError("requests_done")))
         .then(|_| Ok(FakeEvent::PubAck(9)));
     let seen: Vec<_> = connection.iter().collect();
@@ -82,7 +76,7 @@ fn try_and_timed_receives_hand_out_ready_events() {
     connection
         .event_loop_mut()
         .inner_mut()
-        .then(|_| connack())
+        .then(|_| connack(true))
         .then(|_| Ok(FakeEvent::PubAck(1)))
         .then(|_| Err(FakeError("requests_done")))
         .then(|_| Err(FakeError("requests_done")));
@@ -117,7 +111,7 @@ fn backoff_deadline_survives_timed_out_receives() {
         .event_loop_mut()
         .inner_mut()
         .then(|_| Err(FakeError("connection_refused")))
-        .then(|_| connack());
+        .then(|_| connack(true));
     assert_eq!(
         connection.receive_event(Wait::Forever),
         Ok(Err(FakeError("connection_refused")))
@@ -175,7 +169,10 @@ fn wait_needs_no_runtime() {
 #[should_panic(expected = "Cannot start a runtime from within a runtime")]
 fn blocking_receive_inside_a_runtime_panics() {
     let (_client, mut connection) = connection();
-    connection.event_loop_mut().inner_mut().then(|_| connack());
+    connection
+        .event_loop_mut()
+        .inner_mut()
+        .then(|_| connack(true));
     let outer = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap_or_else(|error| panic!("{error}"));
@@ -201,7 +198,10 @@ fn dropping_a_connection_inside_a_runtime_panics() {
 #[test]
 fn try_receive_inside_a_runtime_does_not_panic() {
     let (_client, mut connection) = connection();
-    connection.event_loop_mut().inner_mut().then(|_| connack());
+    connection
+        .event_loop_mut()
+        .inner_mut()
+        .then(|_| connack(true));
     let outer = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap_or_else(|error| panic!("{error}"));

@@ -5,47 +5,24 @@
 
 use bytes::Bytes;
 use opentelemetry::trace::Status;
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
 use rumqttc::Outgoing;
 
 use super::client::Client;
 use super::event_loop::EventLoop;
 use super::fake::{
-    Fake, FakeEvent, FakeEventLoop, FakeOptions, FakePublish, FakeRequest, recording, written,
+    self, Fake, FakeEvent, FakeEventLoop, FakeOptions, FakePublish, FakeRequest, Setup, written,
 };
 use super::protocol::PublishRequest;
 use crate::semconv::{ERROR_TYPE, MESSAGING_MQTT_DUPLICATE, MqttQoS};
 
-struct Setup {
-    client: Client<Fake>,
-    eventloop: EventLoop<Fake>,
-    exporter: InMemorySpanExporter,
-    _provider: SdkTracerProvider,
-}
-
 /// A connected fake client with in-flight limit `limit`.
 async fn connected(limit: u16) -> Setup {
-    let (instrumentation, exporter, provider) = recording();
-    let (client, mut eventloop) = Client::<Fake>::new(
-        FakeOptions {
-            limit,
-            manual_acks: false,
-        },
-        10,
-        &instrumentation,
-    );
-    eventloop.inner_mut().then(|_| {
-        Ok(FakeEvent::ConnAck {
-            session_present: true,
-        })
-    });
-    assert!(eventloop.poll().await.is_ok());
-    Setup {
-        client,
-        eventloop,
-        exporter,
-        _provider: provider,
-    }
+    let options = FakeOptions {
+        limit,
+        manual_acks: false,
+    };
+    fake::connected(options, true).await
 }
 
 /// A QoS 1 publish whose topic and payload are `name`.

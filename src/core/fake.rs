@@ -32,6 +32,36 @@ pub(crate) fn recording() -> (Instrumentation, InMemorySpanExporter, SdkTracerPr
     (instrumentation, exporter, provider)
 }
 
+/// The script step of a CONNACK.
+pub(crate) fn connack(session_present: bool) -> Result<FakeEvent, FakeError> {
+    Ok(FakeEvent::ConnAck { session_present })
+}
+
+/// A fake client and its event loop after a CONNACK, with the exporter of their spans.
+pub(crate) struct Setup {
+    pub(crate) client: super::client::Client<Fake>,
+    pub(crate) eventloop: super::event_loop::EventLoop<Fake>,
+    pub(crate) exporter: InMemorySpanExporter,
+    pub(crate) _provider: SdkTracerProvider,
+}
+
+/// A fake connection made with `options` and polled to its CONNACK (`session_present`), its
+/// spans recorded.
+pub(crate) async fn connected(options: FakeOptions, session_present: bool) -> Setup {
+    let (instrumentation, exporter, provider) = recording();
+    let (client, mut eventloop) = super::client::Client::<Fake>::new(options, 10, &instrumentation);
+    eventloop
+        .inner_mut()
+        .then(move |_| connack(session_present));
+    assert!(eventloop.poll().await.is_ok());
+    Setup {
+        client,
+        eventloop,
+        exporter,
+        _provider: provider,
+    }
+}
+
 /// The fake protocol.
 #[derive(Debug)]
 pub(crate) struct Fake;

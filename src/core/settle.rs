@@ -319,49 +319,18 @@ impl Settlements {
 mod tests {
     use bytes::Bytes;
     use opentelemetry::trace::{SpanKind, TraceContextExt as _};
-    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
 
     use super::*;
-    use crate::core::client::Client;
-    use crate::core::event_loop::EventLoop;
-    use crate::core::fake::{Fake, FakeEvent, FakeOptions, FakePublish};
-    use crate::instrumentation::Instrumentation;
-
-    struct Setup {
-        client: Client<Fake>,
-        eventloop: EventLoop<Fake>,
-        exporter: InMemorySpanExporter,
-        _provider: SdkTracerProvider,
-    }
-
-    fn connack() -> Result<FakeEvent, crate::core::fake::FakeError> {
-        Ok(FakeEvent::ConnAck {
-            session_present: false,
-        })
-    }
+    use crate::core::fake::{self, FakeEvent, FakeOptions, FakePublish, Setup};
 
     /// A fake connection, connected, with rumqttc's manual acknowledgements `manual_acks`.
     async fn connected(manual_acks: bool) -> Setup {
-        let exporter = InMemorySpanExporter::default();
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(exporter.clone())
-            .build();
-        let instrumentation = Instrumentation::builder()
-            .tracer_provider(&provider)
-            .build();
         let options = FakeOptions {
             limit: 10,
             manual_acks,
         };
-        let (client, mut eventloop) = Client::<Fake>::new(options, 10, &instrumentation);
-        eventloop.inner_mut().then(|_| connack());
-        assert!(eventloop.poll().await.is_ok());
-        Setup {
-            client,
-            eventloop,
-            exporter,
-            _provider: provider,
-        }
+        fake::connected(options, false).await
     }
 
     /// The event loop hands out an incoming PUBLISH on topic `in`; returns it and its receive
@@ -467,7 +436,7 @@ mod tests {
             .eventloop
             .inner_mut()
             .then(|el| el.break_connection())
-            .then(|_| connack());
+            .then(|_| fake::connack(false));
         assert!(setup.eventloop.poll().await.is_err());
         assert_eq!(setup.client.core().settlements.waiting(), 0, "cleared");
         assert!(setup.eventloop.poll().await.is_ok());
