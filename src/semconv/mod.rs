@@ -274,10 +274,10 @@ impl Operation {
 }
 
 mod attributes;
+mod conversation;
 
-pub use attributes::{
-    CONVERSATION_ID_MAX_LEN, ConnectionAttributes, MessageFacts, ServerAddress, conversation_id,
-};
+pub use attributes::{ConnectionAttributes, MessageFacts, ServerAddress};
+pub use conversation::{CONVERSATION_ID_MAX_LEN, conversation_id};
 
 #[cfg(test)]
 mod tests {
