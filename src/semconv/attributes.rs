@@ -2,11 +2,11 @@
 //! [`ServerAddress`]) and of one message ([`MessageFacts`]) turned into span and metric
 //! attributes.
 
-use super::conversation::conversation_id;
 use std::sync::Arc;
 
 use opentelemetry::{KeyValue, StringValue, Value};
 
+use super::conversation::conversation_id;
 use super::{
     MESSAGING_CLIENT_ID, MESSAGING_CONSUMER_GROUP_NAME, MESSAGING_DESTINATION_NAME,
     MESSAGING_DESTINATION_TEMPLATE, MESSAGING_MESSAGE_BODY_SIZE, MESSAGING_MESSAGE_CONVERSATION_ID,
