@@ -84,13 +84,12 @@ pub use baggage::{MAX_BAGGAGE_LEN, MAX_BAGGAGE_MEMBERS};
 pub use carrier::{MAX_PROPAGATION_VALUE_LEN, UserPropertiesExtractor, UserPropertiesInjector};
 pub use global::GlobalPropagator;
 pub(crate) use global::{GlobalChoice, default_propagator};
+pub use sdk_state::parse_tracestate;
 pub use traceparent::{
     KNOWN_TRACE_FLAGS, MAX_TRACEPARENT_LEN, RANDOM_TRACE_ID_FLAG, Traceparent, TraceparentError,
     format_traceparent, parse_traceparent,
 };
-pub use tracestate::{
-    MAX_TRACESTATE_LEN, MAX_TRACESTATE_MEMBERS, TracestateError, parse_tracestate,
-};
+pub use tracestate::{MAX_TRACESTATE_LEN, MAX_TRACESTATE_MEMBERS, TracestateError};
 
 use sdk_state::{Built, FullTracestate};
 use tracestate::Members;

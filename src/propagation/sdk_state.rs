@@ -1,5 +1,6 @@
-//! Turning a parsed `tracestate` into the SDK's `TraceState` without losing members it refuses,
-//! and choosing the `tracestate` to write for a span context.
+//! Turning a parsed `tracestate` into the SDK's `TraceState` without losing members it refuses
+//! (and [`parse_tracestate`], the public parser into that form), and choosing the `tracestate` to
+//! write for a span context.
 //!
 //! opentelemetry 0.33's `TraceState::from_key_value` checks keys by a reading of Trace Context
 //! Level 1 (`tenant@system`, at most one `@`), and off by one at that: it refuses a key with 14
@@ -20,7 +21,7 @@
 use opentelemetry::Context;
 use opentelemetry::trace::{SpanContext, TraceId, TraceState};
 
-use super::tracestate::{Members, header_of};
+use super::tracestate::{Members, TracestateError, header_of};
 
 /// A parsed `tracestate` in SDK form.
 #[derive(Debug, Clone, Default)]
@@ -93,10 +94,37 @@ pub(crate) fn header_for(span_context: &SpanContext, cx: &Context) -> String {
     header_of(span_context.trace_state())
 }
 
+/// Parses a `tracestate` value by the rules of the current W3C Trace Context text: at most 32
+/// list-members, empty members (`a=1,,b=2`) and optional white space around members allowed,
+/// keys by the current grammar, valid values; a duplicated key keeps its left-most member; a list
+/// longer than the carrier limit is truncated by whole entries. Several fields are parsed as one
+/// list by the extractors of this crate ([`super::extract_span_context`]).
+///
+/// The SDK's `TraceState` (opentelemetry 0.33) refuses some keys the grammar allows (two `@`,
+/// more than 13 characters after an `@`, a character after `@` that is not a letter or digit):
+/// those members are left out of the state returned here. [`super::W3CPropagator`] keeps them,
+/// by carrying the whole list next to the context it extracts.
+///
+/// ```
+/// use rumqttc_opentelemetry::propagation::parse_tracestate;
+///
+/// let state = parse_tracestate("rojo=00f067aa0ba902b7, congo=t61rcWkgMzE").unwrap();
+/// assert_eq!(state.get("congo"), Some("t61rcWkgMzE"));
+/// assert_eq!(parse_tracestate("a=1,a=2").unwrap().header(), "a=1");
+/// assert!(parse_tracestate("Upper=1").is_err());
+/// ```
+pub fn parse_tracestate(value: &str) -> Result<TraceState, TracestateError> {
+    let mut members = Members::parse(&[value])?;
+    members.truncate_for_propagation();
+    Ok(build(&members).state)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use opentelemetry::trace::{SpanId, TraceContextExt, TraceFlags};
+
+    use crate::propagation::carrier::MAX_PROPAGATION_VALUE_LEN;
 
     /// The key of the W3C suite's `test_tracestate_key_length_limit` that is valid under both
     /// grammars: Level 1 allows 241 characters before the `@` and 14 after it (section "Key" of
@@ -195,5 +223,23 @@ mod tests {
             header_for(&remote(7, TraceState::NONE), &Context::new()),
             ""
         );
+    }
+
+    /// The same rule keeps a valid 32-member list of 454-character entries within the carrier
+    /// limit instead of losing it to the injector.
+    #[test]
+    fn a_list_too_long_to_propagate_is_truncated_not_dropped() {
+        let entries: Vec<String> = (0..32)
+            .map(|i| format!("k{i:02}{}={}", "x".repeat(200), "v".repeat(250)))
+            .collect();
+        let state = parse_tracestate(&entries.join(",")).unwrap();
+        let header = state.header();
+        assert!(
+            header.len() <= MAX_PROPAGATION_VALUE_LEN,
+            "{}",
+            header.len()
+        );
+        let fit = (MAX_PROPAGATION_VALUE_LEN + 1) / (entries[0].len() + 1);
+        assert_eq!(header, entries[..fit].join(","));
     }
 }

@@ -1,8 +1,6 @@
 //! JSON string escaping (for the members the codec writes) and unescaping (for the names and
 //! values it reads).
 
-use super::scan::hex4;
-
 /// The length of `value` as a JSON string, quotes included.
 pub(super) fn escaped_len(value: &str) -> Option<usize> {
     value.bytes().try_fold(2usize, |len, byte| {
@@ -99,6 +97,19 @@ impl Iterator for Unescape<'_> {
         self.raw = self.raw.get(used..).unwrap_or("");
         Some(c)
     }
+}
+
+/// The four hex digits at `at`, or the offset of the first byte that is not one.
+pub(super) fn hex4(buf: &[u8], at: usize) -> Result<u32, usize> {
+    let mut value = 0;
+    for offset in at..at + 4 {
+        let digit = buf
+            .get(offset)
+            .and_then(|&byte| char::from(byte).to_digit(16))
+            .ok_or(offset)?;
+        value = value << 4 | digit;
+    }
+    Ok(value)
 }
 
 #[cfg(test)]

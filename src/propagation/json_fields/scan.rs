@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use super::escape::Unescape;
+use super::escape::{Unescape, hex4};
 use super::{JsonFieldsError, Result};
 
 pub(super) fn malformed(offset: usize) -> JsonFieldsError {
@@ -349,7 +349,7 @@ impl<'a> Scanner<'a> {
 fn escape(buf: &[u8], at: usize) -> Result<usize> {
     match buf.get(at + 1) {
         Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => Ok(at + 2),
-        Some(b'u') => match hex4(buf, at + 2)? {
+        Some(b'u') => match hex4(buf, at + 2).map_err(malformed)? {
             // A trailing surrogate without a leading one.
             0xDC00..=0xDFFF => Err(malformed(at)),
             // A leading surrogate must be followed by an escaped trailing one.
@@ -361,7 +361,7 @@ fn escape(buf: &[u8], at: usize) -> Result<usize> {
                 if buf.get(low + 1) != Some(&b'u') {
                     return Err(malformed(low + 1));
                 }
-                match hex4(buf, low + 2)? {
+                match hex4(buf, low + 2).map_err(malformed)? {
                     0xDC00..=0xDFFF => Ok(low + 6),
                     _ => Err(malformed(low)),
                 }
@@ -370,19 +370,6 @@ fn escape(buf: &[u8], at: usize) -> Result<usize> {
         },
         _ => Err(malformed(at + 1)),
     }
-}
-
-/// Four hex digits at `at`.
-pub(super) fn hex4(buf: &[u8], at: usize) -> Result<u32> {
-    let mut value = 0;
-    for offset in at..at + 4 {
-        let digit = buf
-            .get(offset)
-            .and_then(|&byte| char::from(byte).to_digit(16))
-            .ok_or(malformed(offset))?;
-        value = value << 4 | digit;
-    }
-    Ok(value)
 }
 
 /// The kinds (object or array) of the open containers: one bit per level, the first 64 levels
