@@ -400,7 +400,11 @@ impl Protocol for V5 {
 
     fn view(publish: &Publish) -> PublishView<'_> {
         PublishView {
-            topic: String::from_utf8_lossy(&publish.topic),
+            // `from_utf8` checks ASCII a word at a time; the lossy repair runs only on bad input.
+            topic: match std::str::from_utf8(&publish.topic) {
+                Ok(topic) => topic.into(),
+                Err(_) => String::from_utf8_lossy(&publish.topic),
+            },
             qos: publish.qos.into(),
             retain: publish.retain,
             dup: publish.dup,

@@ -360,3 +360,20 @@ fn a_reset_while_reading_is_a_connection_reset() {
     ));
     assert_eq!(V5::error_type(&malformed), "malformed_packet");
 }
+
+/// MQTT 5 section 1.5.4: a topic name must be UTF-8; a broker may still forward bad bytes, and
+/// the view then repairs them rather than refusing the message. A valid name is borrowed.
+#[test]
+fn the_view_borrows_a_valid_topic_and_repairs_an_invalid_one() {
+    let valid = Publish::new("sensors/é/data", QoS::AtMostOnce, "x", None);
+    let view = V5::view(&valid);
+    assert!(matches!(
+        view.topic,
+        std::borrow::Cow::Borrowed("sensors/é/data")
+    ));
+
+    let mut invalid = Publish::new("", QoS::AtMostOnce, "x", None);
+    invalid.topic = Bytes::from_static(b"sensors/\xff/data");
+    let view = V5::view(&invalid);
+    assert_eq!(view.topic, "sensors/\u{fffd}/data");
+}
