@@ -1,8 +1,8 @@
-//! A topic name with a wildcard character never reaches the wire and records no span, whichever
-//! publish method is used ([MQTT-3.3.2-2]: the Topic Name in a PUBLISH MUST NOT contain wildcard
-//! characters). rumqttc refuses such names in every publish method but MQTT 3.1.1's
-//! `publish_bytes`, which sends them; the traced client refuses them there too, with the same
-//! `ClientError::Request`.
+//! A topic name with a wildcard character or U+0000 never reaches the wire and records no span,
+//! whichever publish method is used ([MQTT-3.3.2-2]: the Topic Name in a PUBLISH MUST NOT contain
+//! wildcard characters; [MQTT-4.7.3-2]: topic names MUST NOT include U+0000). rumqttc refuses
+//! wildcards in every publish method but MQTT 3.1.1's `publish_bytes`, and sends U+0000 from all
+//! of them; the traced client refuses both everywhere, with the same `ClientError::Request`.
 //!
 //! No broker is needed: a refused request never leaves the client.
 
@@ -12,7 +12,13 @@ use common::telemetry::Telemetry;
 use rumqttc_opentelemetry::Error;
 use rumqttc_opentelemetry::{v4, v5};
 
-const INVALID: [&str; 3] = ["home/+/temperature", "home/#", "#"];
+const INVALID: [&str; 5] = [
+    "home/+/temperature",
+    "home/#",
+    "#",
+    "home/\0/temperature",
+    "a-topic-longer-than-eight-bytes\0",
+];
 
 #[tokio::test]
 async fn mqtt_3_1_1_refuses_invalid_topic_names_in_every_publish_method() {

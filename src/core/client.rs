@@ -14,6 +14,7 @@ use super::settle::SettleParent;
 use super::shared::Core;
 use crate::error::Error;
 use crate::instrumentation::Instrumentation;
+use crate::topic::publishable;
 
 /// Why a publish was not started.
 enum Refused {
@@ -116,7 +117,7 @@ impl<P: Protocol> Client<P> {
     /// Checks the topic name (and the Topic Alias, MQTT 5), starts the span of a publish and
     /// carries its context in the request.
     fn start(&self, request: &mut PublishRequest<P>) -> Result<(OpenPublish, Address), Refused> {
-        if !P::valid_topic(&request.topic) {
+        if !publishable(&request.topic) {
             return Err(Refused::TopicName);
         }
         let telemetry = &self.core.telemetry;

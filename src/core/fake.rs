@@ -277,10 +277,6 @@ impl Protocol for Fake {
         matches!(event, FakeEvent::ConnAck { .. }).then_some(5)
     }
 
-    fn valid_topic(topic: &str) -> bool {
-        !topic.contains(['+', '#'])
-    }
-
     fn carry(_: &Telemetry, _: &mut OpenPublish, _: &Context, _: &mut PublishRequest<Self>) {}
 
     async fn send(client: &FakeClient, request: PublishRequest<Self>) -> Result<(), FakeError> {

@@ -181,9 +181,6 @@ pub(crate) trait Protocol: Sized + Send + Sync + 'static {
 
     // --- Publishing
 
-    /// Whether rumqttc accepts `topic` as a topic name.
-    fn valid_topic(topic: &str) -> bool;
-
     /// What a publish's Topic Alias (MQTT 5 section 3.3.2.3.4) means before its span starts:
     /// the topic the alias stands for when the topic name is empty; `Err` when the broker would
     /// take the publish for a protocol error (it is then refused, as an invalid topic name is).

@@ -61,6 +61,15 @@ pub use validate::{
     validate_topic_filter, validate_topic_name,
 };
 
+/// Whether a publish may carry `topic` as its topic name, as far as the characters go: no
+/// wildcard ([MQTT-3.3.2-2]; rumqttc refuses those too) and no U+0000 ([MQTT-4.7.3-2], which
+/// rumqttc sends and the broker answers by closing the connection). Length and emptiness are
+/// left to the caller: MQTT 5 allows an empty name with a Topic Alias.
+#[inline]
+pub(crate) fn publishable(topic: &str) -> bool {
+    scan::find_special(topic.as_bytes()).is_none()
+}
+
 /// Whether the topic name `topic` matches the topic filter `filter`.
 ///
 /// The argument order is that of `rumqttc::matches`. Follows MQTT 3.1.1 / 5.0 section 4.7 (see
@@ -202,6 +211,32 @@ pub(crate) fn most_specific<'a, T: ?Sized + 'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [MQTT-3.3.2-2] and [MQTT-4.7.3-2]: a wildcard or U+0000 anywhere makes a topic name
+    /// unpublishable, on both sides of the eight-byte scan's word boundaries; `/`, `$`, spaces
+    /// and multi-byte UTF-8 are fine, and so is the empty name (MQTT 5 Topic Alias).
+    #[test]
+    fn publishable_topic_names() {
+        for ok in [
+            "",
+            "/",
+            "a",
+            "$SYS/x",
+            "home/kitchen temp",
+            "capteurs/été/°C",
+        ] {
+            assert!(publishable(ok), "{ok:?}");
+        }
+        let base = "abcdefghijklmnopqrstuvw";
+        for bad in [b'+', b'#', 0] {
+            for position in 0..base.len() {
+                let mut topic = base.as_bytes().to_vec();
+                topic[position] = bad;
+                let topic = String::from_utf8(topic).expect("ASCII");
+                assert!(!publishable(&topic), "{topic:?}");
+            }
+        }
+    }
 
     #[test]
     fn spec_examples() {

@@ -138,8 +138,8 @@ impl TracedClient {
     }
 
     /// Traced `AsyncClient::publish_bytes`. Unlike rumqttc's, it refuses a topic name that MQTT
-    /// forbids (with a wildcard, [MQTT-3.3.2-2]) as `publish` does, with `ClientError::Request`,
-    /// instead of sending it to the broker.
+    /// forbids (with a wildcard, [MQTT-3.3.2-2], or U+0000, [MQTT-4.7.3-2]) as `publish` does,
+    /// with `ClientError::Request`, instead of sending it to the broker.
     pub async fn publish_bytes<S>(
         &self,
         topic: S,

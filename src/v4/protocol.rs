@@ -55,11 +55,6 @@ impl Protocol for V4 {
         options.manual_acks()
     }
 
-    /// rumqttc's rule (no `+` or `#` in a topic name), in one pass over the bytes.
-    fn valid_topic(topic: &str) -> bool {
-        !topic.bytes().any(|b| b == b'+' || b == b'#')
-    }
-
     /// When MQTT 3.1.1 propagation applies to the topic, the context goes into the payload;
     /// otherwise the payload stays byte for byte what the application passed.
     fn carry(

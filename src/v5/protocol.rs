@@ -57,11 +57,6 @@ impl Protocol for V5 {
         options.manual_acks()
     }
 
-    /// rumqttc's rule (no `+` or `#` in a topic name), in one pass over the bytes.
-    fn valid_topic(topic: &str) -> bool {
-        !topic.bytes().any(|b| b == b'+' || b == b'#')
-    }
-
     /// Without a Topic Alias only an empty topic name is refused (a protocol error, section
     /// 3.3.2.1), and nothing is locked. With one, see `TopicAliases::send`.
     fn address(
