@@ -67,9 +67,8 @@ async fn run(args: Vec<String>) -> Result<(), Failure> {
     rumqttc_opentelemetry::topic::validate_topic_filter(&config.filter)
         .map_err(|error| cli::usage(format!("`--topic`: {error}")))?;
     let exporter = Exporter::choose(&args, Exporter::Stdout)?;
-    telemetry::init_logs("info");
-
     let service = Service::new("collector", &Sinks::exporter(exporter))?;
+    telemetry::init_logs_and_traces("info", &service);
     let instrumentation = collector::instrumentation(&config, service.instrumentation());
     let outcome = async {
         let collector = collector::start(&config, instrumentation, &service).await?;

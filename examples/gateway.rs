@@ -49,9 +49,8 @@ async fn run(args: Vec<String>) -> Result<(), Failure> {
     rumqttc_opentelemetry::topic::validate_topic_filter(&config.filter)
         .map_err(|error| cli::usage(format!("`--topic`: {error}")))?;
     let exporter = Exporter::choose(&args, Exporter::Stdout)?;
-    telemetry::init_logs("info");
-
     let service = Service::new("gateway", &Sinks::exporter(exporter))?;
+    telemetry::init_logs_and_traces("info", &service);
     let instrumentation = gateway::instrumentation(&config, service.instrumentation())?;
     let outcome = async {
         let gateway = gateway::start(&config, instrumentation).await?;

@@ -306,7 +306,9 @@ pub enum Subscriber {
 
 impl Subscriber {
     /// Starts a subscriber of `filter` at QoS 1 that runs up to `concurrency` handlers at a
-    /// time (messages of one topic one after the other). `make_handler` gets a publisher on the
+    /// time (messages of one topic one after the other), each inside a `tracing` span `handler`
+    /// (a child of its `process` span where tracing-opentelemetry is set up: see
+    /// [`init_logs_and_traces`](super::telemetry::init_logs_and_traces)). `make_handler` gets a publisher on the
     /// same connection (one client id, one connection: what a gateway forwards goes out on it).
     pub fn start(
         connection: &Connection,
@@ -323,7 +325,7 @@ impl Subscriber {
                     instrumentation,
                 );
                 let handler = make_handler(Publisher::V5(builder.publisher()));
-                let builder = builder.concurrency(concurrency).route(
+                let builder = builder.concurrency(concurrency).handler_span(true).route(
                     filter,
                     rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
                     move |message: v5::Message| {
@@ -345,7 +347,7 @@ impl Subscriber {
                     instrumentation,
                 );
                 let handler = make_handler(Publisher::V4(builder.publisher()));
-                let builder = builder.concurrency(concurrency).route(
+                let builder = builder.concurrency(concurrency).handler_span(true).route(
                     filter,
                     rumqttc::QoS::AtLeastOnce,
                     move |message: v4::Message| {

@@ -77,6 +77,22 @@ impl Exporter {
 /// Sets up log output on stderr: `RUST_LOG` if set (`info`, `debug`, `gateway=debug,warn`, ...),
 /// else `default` (for example `info`).
 pub fn init_logs(default: &str) {
+    init(default, None);
+}
+
+/// Like [`init_logs`], and also turns the `tracing` spans of the process into OpenTelemetry spans
+/// of `service` with tracing-opentelemetry, as a Rust service would set it up: the `handler` span
+/// that `handler_span(true)` opens around each handler becomes a child of the message's `process`
+/// span, and what a handler logs inside it becomes an event of that span, in the message's trace.
+pub fn init_logs_and_traces(default: &str, service: &Service) {
+    use opentelemetry::trace::TracerProvider as _;
+    init(
+        default,
+        Some(service.tracer_provider.tracer(service.name.clone())),
+    );
+}
+
+fn init(default: &str, tracer: Option<opentelemetry_sdk::trace::SdkTracer>) {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -90,9 +106,11 @@ pub fn init_logs(default: &str) {
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
+    let traces = tracer.map(|tracer| tracing_opentelemetry::layer().with_tracer(tracer));
     // A second initialisation (tests) keeps the first.
     let _ = tracing_subscriber::registry()
         .with(layer)
+        .with(traces)
         .with(filter)
         .try_init();
 }
