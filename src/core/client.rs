@@ -14,12 +14,12 @@ use super::settle::SettleParent;
 use super::shared::Core;
 use crate::error::Error;
 use crate::instrumentation::Instrumentation;
-use crate::topic::publishable;
+use crate::topic::{TopicError, topic_name_characters};
 
 /// Why a publish was not started.
 enum Refused {
-    /// A topic name rumqttc refuses (a wildcard character).
-    TopicName,
+    /// A topic name MQTT forbids (a wildcard, [MQTT-3.3.2-2], or U+0000, [MQTT-4.7.3-2]).
+    TopicName(TopicError),
     /// A protocol error with the Topic Alias (MQTT 5).
     Alias(Refusal),
 }
@@ -100,9 +100,9 @@ impl<P: Protocol> Client<P> {
     ) -> Result<(), Error> {
         let (mut open, address) = match self.start(&mut request) {
             Ok(started) => started,
-            Err(Refused::TopicName) => {
+            Err(Refused::TopicName(error)) => {
                 return Err(Error::RequestRejected(format!(
-                    "invalid topic name {:?}",
+                    "invalid topic name {:?}: {error}",
                     request.topic
                 )));
             }
@@ -117,9 +117,7 @@ impl<P: Protocol> Client<P> {
     /// Checks the topic name (and the Topic Alias, MQTT 5), starts the span of a publish and
     /// carries its context in the request.
     fn start(&self, request: &mut PublishRequest<P>) -> Result<(OpenPublish, Address), Refused> {
-        if !publishable(&request.topic) {
-            return Err(Refused::TopicName);
-        }
+        topic_name_characters(&request.topic).map_err(Refused::TopicName)?;
         let telemetry = &self.core.telemetry;
         let address = P::address(telemetry, request).map_err(Refused::Alias)?;
         let (mut open, parent) = telemetry.start_publish(

@@ -56,19 +56,11 @@ mod set;
 mod validate;
 
 pub use set::{Matches, MatchesWithFilter, TopicFilterSet};
+pub(crate) use validate::topic_name_characters;
 pub use validate::{
     MAX_TOPIC_LEN, SHARED_SUBSCRIPTION_PREFIX, TopicError, matching_filter, parse_shared,
     validate_topic_filter, validate_topic_name,
 };
-
-/// Whether a publish may carry `topic` as its topic name, as far as the characters go: no
-/// wildcard ([MQTT-3.3.2-2]; rumqttc refuses those too) and no U+0000 ([MQTT-4.7.3-2], which
-/// rumqttc sends and the broker answers by closing the connection). Length and emptiness are
-/// left to the caller: MQTT 5 allows an empty name with a Topic Alias.
-#[inline]
-pub(crate) fn publishable(topic: &str) -> bool {
-    scan::find_special(topic.as_bytes()).is_none()
-}
 
 /// Whether the topic name `topic` matches the topic filter `filter`.
 ///
@@ -212,11 +204,11 @@ pub(crate) fn most_specific<'a, T: ?Sized + 'a>(
 mod tests {
     use super::*;
 
-    /// [MQTT-3.3.2-2] and [MQTT-4.7.3-2]: a wildcard or U+0000 anywhere makes a topic name
-    /// unpublishable, on both sides of the eight-byte scan's word boundaries; `/`, `$`, spaces
+    /// [MQTT-3.3.2-2] and [MQTT-4.7.3-2]: a wildcard or U+0000 anywhere is refused at its byte
+    /// position, on both sides of the eight-byte scan's word boundaries; `/`, `$`, spaces
     /// and multi-byte UTF-8 are fine, and so is the empty name (MQTT 5 Topic Alias).
     #[test]
-    fn publishable_topic_names() {
+    fn the_characters_of_topic_names() {
         for ok in [
             "",
             "/",
@@ -225,7 +217,7 @@ mod tests {
             "home/kitchen temp",
             "capteurs/été/°C",
         ] {
-            assert!(publishable(ok), "{ok:?}");
+            assert_eq!(topic_name_characters(ok), Ok(()), "{ok:?}");
         }
         let base = "abcdefghijklmnopqrstuvw";
         for bad in [b'+', b'#', 0] {
@@ -233,7 +225,11 @@ mod tests {
                 let mut topic = base.as_bytes().to_vec();
                 topic[position] = bad;
                 let topic = String::from_utf8(topic).expect("ASCII");
-                assert!(!publishable(&topic), "{topic:?}");
+                let expected = match bad {
+                    0 => TopicError::NullCharacter { position },
+                    _ => TopicError::WildcardInTopicName { position },
+                };
+                assert_eq!(topic_name_characters(&topic), Err(expected), "{topic:?}");
             }
         }
     }
